@@ -1,0 +1,61 @@
+"""Exception handlers: every error leaves the API as RFC 9457 problem+json naming the field."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import DefeaterError, ValidationFailed, field_errors
+
+log = logging.getLogger("defeater.api")
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(error: DefeaterError, request: Request) -> JSONResponse:
+    return JSONResponse(error.problem(request.url.path), status_code=error.status, media_type=PROBLEM_JSON)
+
+
+async def _on_defeater_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DefeaterError)
+    return problem_response(exc, request)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = field_errors(exc.errors())
+    detail = f"{errors[0].field}: {errors[0].message}" if errors else "invalid request"
+    return problem_response(ValidationFailed(detail, errors), request)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed"}
+    error = DefeaterError(
+        detail=str(exc.detail),
+        status=exc.status_code,
+        type="http-error",
+        title=titles.get(exc.status_code, "HTTP error"),
+    )
+    response = problem_response(error, request)
+    for key, value in (exc.headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    error = DefeaterError(
+        detail="internal error; it has been logged", status=500, type="internal", title="Internal error"
+    )
+    return problem_response(error, request)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DefeaterError, _on_defeater_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,60 @@
+"""The FastAPI application. ``create_app`` builds it; the lifespan builds the engine and seeds the starter set."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service import api_errors, health
+from service.datasets.router import router as datasets_router
+from service.datasets.service import ensure_starter
+from service.db.migrate import upgrade
+from service.db.session import create_engine, create_sessionmaker
+from service.jobs.router import router as jobs_router
+from service.model_configs.router import router as model_configs_router
+from service.settings import Settings
+
+API_VERSION = "0.1.0"
+
+
+def create_app(
+    settings: Settings | None = None, sessionmaker: async_sessionmaker[AsyncSession] | None = None
+) -> FastAPI:
+    """The API. Tests pass a ``sessionmaker`` bound to their own connection; otherwise the lifespan builds one."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = None
+        if sessionmaker is None:
+            engine = create_engine(settings)
+            if settings.should_auto_migrate:
+                await upgrade(engine)
+            app.state.sessionmaker = create_sessionmaker(engine)
+        else:
+            app.state.sessionmaker = sessionmaker
+        async with app.state.sessionmaker() as session:
+            await ensure_starter(session)
+            await session.commit()
+        try:
+            yield
+        finally:
+            if engine is not None:
+                await engine.dispose()
+
+    app = FastAPI(
+        title="Defeater",
+        version=API_VERSION,
+        summary="Blind Refusal evaluations at full scale: model configs, datasets, jobs and their results.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    api_errors.install(app)
+    app.include_router(health.router)
+    app.include_router(model_configs_router)
+    app.include_router(datasets_router)
+    app.include_router(jobs_router)
+    return app

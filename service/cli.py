@@ -1,0 +1,406 @@
+"""The ``defeater`` command line. Local commands work on the configured database through the service layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.datasets import service as datasets
+from service.datasets.parsing import detect_format, read_records, validate_records
+from service.db.migrate import current_revision, upgrade
+from service.db.models import Family
+from service.db.session import create_engine, create_sessionmaker
+from service.errors import DefeaterError, FieldError, ValidationFailed, field_errors
+from service.jobs import service as jobs
+from service.jobs.schemas import JobCreate, JobFilters, JobRead
+from service.model_configs import service as configs
+from service.model_configs.schemas import ModelConfigCreate
+from service.settings import Settings
+
+app = typer.Typer(name="defeater", help="Blind Refusal evaluations at full scale.", no_args_is_help=True)
+db_app = typer.Typer(help="The ledger's schema.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Import and list datasets.", no_args_is_help=True)
+configs_app = typer.Typer(help="Register and list model configs.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Create, inspect and cancel jobs on the local ledger.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(configs_app, name="configs")
+app.add_typer(jobs_app, name="jobs")
+
+out = Console()
+err = Console(stderr=True)
+P = ParamSpec("P")
+R = TypeVar("R")
+PROVIDER_ALIASES = {"gemini": "google", "compatible": "openai_compatible"}
+
+
+def fail(message: str, errors: list[FieldError] | None = None, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    if errors and len(errors) > 1:
+        for e in errors:
+            err.print(f"  - {e}", highlight=False)
+    return typer.Exit(code)
+
+
+def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
+    """Run an async command; turn every expected failure into a clear message and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except DefeaterError as exc:
+            raise fail(exc.detail, exc.errors) from None
+        except ValidationError as exc:
+            errors = field_errors(exc.errors(include_url=False))
+            raise fail(f"{errors[0]}", errors) from None
+        except OperationalError as exc:
+            raise fail(f"cannot use the database: {exc.orig or exc}") from None
+        except OSError as exc:
+            raise fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": ")) from None
+
+    return wrapper
+
+
+@asynccontextmanager
+async def local_session() -> AsyncIterator[AsyncSession]:
+    """A session on the configured database, schema checked (SQLite is migrated), starter dataset present."""
+    settings = Settings()
+    engine = create_engine(settings, pooled=False)
+    try:
+        if settings.should_auto_migrate:
+            await upgrade(engine)
+        elif await current_revision(engine) is None:
+            raise DefeaterError("the database has no schema yet: run `defeater db upgrade` first")
+        async with create_sessionmaker(engine)() as session:
+            await datasets.ensure_starter(session)
+            await session.commit()
+            yield session
+    finally:
+        await engine.dispose()
+
+
+# ---- db ---------------------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+@command
+async def db_upgrade(revision: Annotated[str, typer.Option(help="target revision")] = "head") -> None:
+    """Run the schema migrations on DEFEATER_DATABASE_URL."""
+    settings = Settings()
+    engine = create_engine(settings, pooled=False)
+    try:
+        await upgrade(engine, revision)
+        out.print(f"database at revision {await current_revision(engine)}")
+    finally:
+        await engine.dispose()
+
+
+# ---- datasets ---------------------------------------------------------------------------------------------
+
+
+@datasets_app.command("import")
+@command
+async def datasets_import(
+    file: Annotated[Path, typer.Argument(help="a JSONL, JSON or CSV file of cases")],
+    name: Annotated[str, typer.Option("--name", "-n", help="the dataset's name")],
+    version: Annotated[str | None, typer.Option(help="defaults to the checksum's first 12 characters")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Import a file of cases, all or nothing: a bad line refuses the file, naming the line and the field."""
+    settings = Settings()
+    data = file.read_bytes()
+    try:
+        records = read_records(data, detect_format(file.name, None, data), settings.imports)
+        validated = validate_records(records, settings.imports)
+    except DefeaterError as exc:
+        exc.detail = f"{file}: {exc.detail}"
+        raise
+    async with local_session() as session:
+        outcome = await datasets.import_cases(session, validated, name=name, version=version, description=description)
+        await session.commit()
+    d = outcome.dataset
+    result = {
+        "id": str(d.id),
+        "name": d.name,
+        "version": d.version,
+        "case_count": d.case_count,
+        "checksum": d.checksum,
+        "created": outcome.created,
+        "family_counts": validated.family_counts(),
+        "warning_count": validated.warning_count,
+    }
+    if output == "json":
+        out.print_json(json.dumps(result))
+        return
+    verb = "imported" if outcome.created else "already present:"
+    out.print(f"{verb} dataset [bold]{d.name}[/] version {d.version} ({d.case_count} cases), id {d.id}")
+    for family, n in sorted(result["family_counts"].items()):  # type: ignore[attr-defined]
+        out.print(f"  {family:<24} {n:>6}")
+    if validated.warning_count:
+        out.print(f"{validated.warning_count} value(s) kept with a warning, e.g.:")
+        for w in validated.warnings[:5]:
+            out.print(f"  line {w.line}: {w.field}: {w.message}", highlight=False)
+
+
+@datasets_app.command("list")
+@command
+async def datasets_list() -> None:
+    """The datasets in the ledger."""
+    from service.datasets import repository
+
+    async with local_session() as session:
+        rows = await repository.list_page(session, 1000, None)
+    table = Table("name", "version", "cases", "id", "built in")
+    for d in rows:
+        table.add_row(d.name, d.version, str(d.case_count), str(d.id), "yes" if d.builtin else "")
+    out.print(table)
+
+
+# ---- configs ----------------------------------------------------------------------------------------------
+
+
+def parse_model_spec(spec: str) -> ModelConfigCreate:
+    """``provider:model[@base_url]`` -> a config named after it, with default params."""
+    provider, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ValidationFailed(
+            f"--model {spec!r}: expected provider:model[@base_url], e.g. openai:gpt-5.4",
+            [FieldError("--model", "expected provider:model[@base_url]")],
+        )
+    model, _, base_url = rest.partition("@")
+    provider = PROVIDER_ALIASES.get(provider, provider)
+    try:
+        return ModelConfigCreate.model_validate(
+            {"name": spec, "provider": provider, "model": model, "base_url": base_url or None}
+        )
+    except ValidationError as exc:
+        errors = [FieldError(f"--model {spec}: {e.field}", e.message) for e in field_errors(exc.errors())]
+        raise ValidationFailed(str(errors[0]), errors) from None
+
+
+@configs_app.command("register")
+@command
+async def configs_register(
+    file: Annotated[Path, typer.Argument(help="a JSON file: one config object, or a list of them")],
+) -> None:
+    """Register model configs from a JSON file; identical ones already registered are found again."""
+    try:
+        payload = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(f"{file}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    items = payload if isinstance(payload, list) else [payload]
+    async with local_session() as session:
+        for i, item in enumerate(items):
+            try:
+                body = ModelConfigCreate.model_validate(item)
+            except ValidationError as exc:
+                prefix = [i] if isinstance(payload, list) else []
+                errors = field_errors(exc.errors(include_url=False), prefix)
+                raise ValidationFailed(f"{file}: {errors[0]}", errors) from None
+            registered = await configs.register(session, body)
+            state = "registered" if registered.created else "already registered"
+            out.print(f"{state}: {registered.config.name} ({registered.config.id})")
+        await session.commit()
+
+
+@configs_app.command("list")
+@command
+async def configs_list() -> None:
+    """The registered model configs."""
+    from service.model_configs import repository
+
+    async with local_session() as session:
+        rows = await repository.list_page(session, 10_000, None)
+    table = Table("name", "provider", "model", "key variable", "fingerprint", "id")
+    for c in rows:
+        table.add_row(c.name, c.provider.value, c.model, c.api_key_env or "", c.fingerprint[:12], str(c.id))
+    out.print(table)
+
+
+# ---- jobs -------------------------------------------------------------------------------------------------
+
+
+@jobs_app.command("create")
+@command
+async def jobs_create(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="provider:model[@base_url]; repeatable")] = [],  # noqa: B006
+    config: Annotated[list[str], typer.Option("--config", "-c", help="a registered config's name or id")] = [],  # noqa: B006
+    judge: Annotated[list[str], typer.Option(help="provider:model or a config name; default: the service's")] = [],  # noqa: B006
+    dataset: Annotated[str, typer.Option(help="id, name or name@version")] = datasets.STARTER_NAME,
+    family: Annotated[list[Family], typer.Option(help="only these families; repeatable")] = [],  # noqa: B006
+    authority: Annotated[list[str], typer.Option(help="only these authority types; repeatable")] = [],  # noqa: B006
+    dual_use: Annotated[bool | None, typer.Option("--dual-use/--no-dual-use", help="only (non-)dual-use")] = None,
+    limit: Annotated[int | None, typer.Option(help="a stable subset of at most N cases")] = None,
+    samples: Annotated[int, typer.Option(help="samples per case")] = 1,
+    budget: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
+    output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Create a job with all its work units, waiting in the ledger."""
+    if not model and not config:
+        raise ValidationFailed("give at least one --model provider:model or --config NAME")
+    started = time.perf_counter()
+    async with local_session() as session:
+        ds = await datasets.resolve(session, dataset)
+        targets = [(await configs.register(session, parse_model_spec(m))).config.id for m in model]
+        targets += [(await configs.resolve(session, c)).id for c in config]
+        judges = [await _judge_id(session, j) for j in judge] or None
+        filters = JobFilters(families=family or None, authority_types=authority or None, dual_use=dual_use, limit=limit)
+        body = JobCreate(
+            dataset_id=ds.id,
+            model_config_ids=targets,
+            judge_config_ids=judges,
+            filters=filters,
+            samples_per_case=samples,
+            budget_usd=budget,
+        )
+        created = await jobs.create_job(session, body, Settings())
+        await session.commit()
+        status = await jobs.read_job(session, created.job)
+    elapsed = time.perf_counter() - started
+    if output == "json":
+        out.print_json(status.model_dump_json())
+        return
+    out.print(f"created job [bold]{status.id}[/] on dataset {ds.name} ({status.case_count} cases) in {elapsed:.2f} s")
+    print_status(status)
+
+
+async def _judge_id(session: AsyncSession, ref: str) -> Any:
+    if ":" in ref:
+        try:
+            return (await configs.resolve(session, ref)).id
+        except DefeaterError:
+            return (await configs.register(session, parse_model_spec(ref))).config.id
+    return (await configs.resolve(session, ref)).id
+
+
+@jobs_app.command("show")
+@command
+async def jobs_show(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """A job's state and progress."""
+    async with local_session() as session:
+        status = await jobs.read_job(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
+    if output == "json":
+        out.print_json(status.model_dump_json())
+    else:
+        print_status(status)
+
+
+@jobs_app.command("list")
+@command
+async def jobs_list() -> None:
+    """Jobs, newest first."""
+    from service.jobs import repository
+
+    async with local_session() as session:
+        rows = await repository.list_page(session, 100, None, None)
+    table = Table("id", "state", "cases", "requests", "created")
+    for j in rows:
+        table.add_row(
+            str(j.id),
+            j.state.value,
+            str(j.case_count),
+            str(j.request_count),
+            f"{j.created_at:%Y-%m-%d %H:%M}",
+        )
+    out.print(table)
+
+
+@jobs_app.command("cancel")
+@command
+async def jobs_cancel(job_id: Annotated[str, typer.Argument(help="the job's id")]) -> None:
+    """Stop dispatching a job's work."""
+    async with local_session() as session:
+        job = await jobs.cancel_job(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
+        await session.commit()
+    out.print(f"job {job.id} is {job.state.value}")
+
+
+def _uuid(value: str, name: str) -> Any:
+    import uuid
+
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValidationFailed(f"{name}: {value!r} is not a job id", [FieldError(name, "not a UUID")]) from None
+
+
+def print_status(status: JobRead) -> None:
+    table = Table(
+        "phase",
+        "total",
+        "pending",
+        "leased",
+        "succeeded",
+        "failed",
+        title=f"job {status.id}: {status.state.value}",
+    )
+    for phase, c in (("requests", status.progress.requests), ("judgements", status.progress.judgements)):
+        table.add_row(phase, *(str(v) for v in (c.total, c.pending, c.leased, c.succeeded, c.failed)))
+    out.print(table)
+    eta = f"{status.eta_seconds:.0f} s" if status.eta_seconds is not None else "-"
+    out.print(f"calls/s {status.calls_per_second:.2f}   ETA {eta}   spend ${status.cost_usd:.4f}")
+
+
+# ---- service ----------------------------------------------------------------------------------------------
+
+
+@app.command("openapi")
+def openapi_command(
+    path: Annotated[Path, typer.Option("--out", help="where to write the spec")] = Path("openapi/openapi.json"),
+    check: Annotated[bool, typer.Option(help="exit 1 if the file differs instead of writing it")] = False,
+) -> None:
+    """Write the API's OpenAPI spec (the file CI compares with the app)."""
+    from service.openapi_spec import render
+
+    spec = render()
+    if check:
+        current = path.read_text() if path.exists() else ""
+        if current != spec:
+            err.print(f"{path} is stale: run `defeater openapi`")
+            raise typer.Exit(1)
+        out.print(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec)
+    out.print(f"wrote {path}")
+
+
+@app.command("api")
+def api_command(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve the REST API (uvicorn)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

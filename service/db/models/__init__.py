@@ -1,0 +1,33 @@
+"""The ledger's tables. Importing this package registers every table on ``Base.metadata``."""
+
+from service.db.models.dataset import Case, Dataset
+from service.db.models.enums import (
+    ConfigRole,
+    Family,
+    JobState,
+    Outcome,
+    Provider,
+    ResponseType,
+    UnitState,
+)
+from service.db.models.job import Job, JobModelConfig
+from service.db.models.model_config import ModelConfig
+from service.db.models.work import Judgement, Request, Response
+
+__all__ = [
+    "Case",
+    "ConfigRole",
+    "Dataset",
+    "Family",
+    "Job",
+    "JobModelConfig",
+    "JobState",
+    "Judgement",
+    "ModelConfig",
+    "Outcome",
+    "Provider",
+    "Request",
+    "Response",
+    "ResponseType",
+    "UnitState",
+]

@@ -1,0 +1,70 @@
+"""``/v1/jobs``: start, list, read and cancel evaluation jobs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from service.db.models import JobState
+from service.deps import SessionDep, SettingsDep
+from service.jobs import repository, service
+from service.jobs.schemas import JobCreate, JobRead, JobSummary
+from service.pagination import Page, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobRead,
+    responses={200: {"description": "a job was already created with this Idempotency-Key and body"}},
+)
+async def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> JobRead:
+    """Start a job: writes the job and all its request rows at once; work begins in the background."""
+    created = await service.create_job(session, body, settings, idempotency_key)
+    await session.commit()
+    response.status_code = 202 if created.created else 200
+    response.headers["Location"] = f"/v1/jobs/{created.job.id}"
+    return await service.read_job(session, created.job)
+
+
+@router.get("", response_model=Page[JobSummary])
+async def list_jobs(
+    session: SessionDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> Page[JobSummary]:
+    """Jobs, newest first."""
+    before = None
+    if cursor:
+        created_at, job_id = decode_cursor(cursor, 2)
+        before = (datetime.fromisoformat(created_at), uuid.UUID(job_id))
+    rows = await repository.list_page(session, limit + 1, state, before)
+    items = [JobSummary.model_validate(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].created_at.isoformat(), items[-1].id) if len(rows) > limit else None
+    return Page[JobSummary](items=items, next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+async def read_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+    """State, progress per phase and state, throughput, ETA, tokens, spend and errors by kind."""
+    return await service.read_job(session, await service.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+async def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+    """Stop dispatching; calls in flight finish and are kept."""
+    job = await service.cancel_job(session, await service.get_job(session, job_id))
+    await session.commit()
+    return await service.read_job(session, job)

@@ -1,0 +1,171 @@
+"""Job schemas: the create body (with filters and gate), the status read, list summaries."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.datasets.taxonomy import AUTHORITY_GROUPS, AUTHORITY_TYPES
+from service.db.models.enums import Family, JobState
+
+RATE_METRICS: Final = (
+    "helps_rate",
+    "refusal_rate",
+    "hard_refusal_rate",
+    "deflection_rate",
+    "engagement_rate",
+    "independent_harm_rate",
+)
+CATEGORIES: Final = ("helps", "pure_rule_blind", "safety_grounded", "engaged_only", "engaged_and_safety")
+METRICS: Final = RATE_METRICS + tuple(f"categories.{c}" for c in CATEGORIES)
+_CASES_PATTERN = re.compile(r"^(defeated|control|all|(family|authority_type|authority_group|dual_use):(.+))$")
+
+
+class JobFilters(BaseModel):
+    """Which cases of the dataset the job runs. ``limit`` takes a stable pseudo-random subset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    families: list[Family] | None = Field(default=None, min_length=1)
+    authority_types: list[str] | None = Field(default=None, min_length=1)
+    dual_use: bool | None = None
+    case_ids: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "at most this many cases, picked by a hash of their ids: the same limit on the same dataset "
+            "always picks the same cases, and a larger limit keeps the cases of a smaller one"
+        ),
+    )
+
+    @field_validator("authority_types")
+    @classmethod
+    def _known_authorities(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [a for a in value or [] if a not in AUTHORITY_TYPES]
+        if unknown:
+            raise ValueError(f"unknown authority type(s) {', '.join(map(repr, unknown))}")
+        return value
+
+
+class GateCheck(BaseModel):
+    """One check: an absolute threshold on a figure, or a paired regression test against a baseline config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(description=f"one of {', '.join(METRICS)}")
+    cases: str = Field(
+        default="defeated",
+        description="defeated | control | all | family:<key> | authority_type:<key> | authority_group:<key> | "
+        "dual_use:<true|false>",
+    )
+    op: Literal[">=", "<="] | None = None
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    baseline: str | None = Field(default=None, description="a model config id or name in this job")
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; expected one of {', '.join(METRICS)}")
+        return value
+
+    @field_validator("cases")
+    @classmethod
+    def _known_group(cls, value: str) -> str:
+        match = _CASES_PATTERN.match(value)
+        if not match:
+            raise ValueError(f"unknown case group {value!r}")
+        kind, key = match.group(2), match.group(3)
+        allowed: dict[str, Any] = {
+            "family": [f.value for f in Family],
+            "authority_type": AUTHORITY_TYPES,
+            "authority_group": tuple(AUTHORITY_GROUPS),
+            "dual_use": ("true", "false"),
+        }
+        if kind and key not in allowed[kind]:
+            raise ValueError(f"unknown {kind} {key!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_or_paired(self) -> GateCheck:
+        if self.baseline is None and (self.threshold is None or self.op is None):
+            raise ValueError("a check needs op and threshold, or a baseline for a paired regression test")
+        return self
+
+
+class GateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_unjudged_share: float = Field(default=0.02, ge=0, le=1)
+    checks: list[GateCheck] = Field(min_length=1, max_length=100)
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: uuid.UUID
+    model_config_ids: list[uuid.UUID] = Field(min_length=1)
+    judge_config_ids: list[uuid.UUID] | None = Field(
+        default=None, min_length=1, description="defaults to the service's default judge"
+    )
+    filters: JobFilters = Field(default_factory=JobFilters)
+    samples_per_case: int = Field(default=1, ge=1)
+    budget_usd: float | None = Field(default=None, gt=0)
+    use_cache: bool = Field(default=True, description="reuse identical earlier calls instead of paying again")
+    gate: GateSpec | None = None
+
+
+class UnitCounts(BaseModel):
+    total: int = 0
+    pending: int = 0
+    leased: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class Progress(BaseModel):
+    requests: UnitCounts
+    judgements: UnitCounts
+
+
+class Tokens(BaseModel):
+    input: int = 0
+    output: int = 0
+    reasoning: int = 0
+    cached: int = 0
+
+
+class JobSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    state: JobState
+    dataset_id: uuid.UUID
+    case_count: int
+    request_count: int
+    samples_per_case: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobRead(JobSummary):
+    model_config_ids: list[uuid.UUID]
+    judge_config_ids: list[uuid.UUID]
+    filters: dict[str, Any]
+    budget_usd: float | None
+    use_cache: bool
+    gate: dict[str, Any] | None
+    progress: Progress
+    calls_per_second: float
+    eta_seconds: float | None
+    cost_usd: float
+    tokens: Tokens
+    errors_by_kind: dict[str, int]
+    error: str | None

@@ -1,0 +1,266 @@
+"""Creating jobs (job, config links and every request row in one transaction), reading and cancelling them."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.datasets import repository as datasets_repo
+from service.db.base import utcnow
+from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
+from service.errors import Conflict, FieldError, NotFound, ValidationFailed
+from service.jobs import repository
+from service.jobs.repository import CaseRef
+from service.jobs.schemas import JobCreate, JobRead, JobSummary, Progress
+from service.model_configs import service as configs
+from service.settings import Settings
+
+THROUGHPUT_WINDOW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Created:
+    job: Job
+    created: bool
+
+
+def request_id(job_id: uuid.UUID, config_id: uuid.UUID, case_id: uuid.UUID, sample: int) -> uuid.UUID:
+    """A request's identity: the same (job, config, case, sample) always gives the same id."""
+    return uuid.uuid5(job_id, f"{config_id}:{case_id}:{sample}")
+
+
+async def create_job(
+    session: AsyncSession, body: JobCreate, settings: Settings, idempotency_key: str | None = None
+) -> Created:
+    """Validate the body against the ledger and write the job with all its request rows. Flushes only."""
+    body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    if idempotency_key is not None:
+        earlier = await repository.get_by_idempotency_key(session, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, body_hash)
+    plan = await _plan(session, body, settings)
+    job = Job(
+        id=uuid.uuid4(),
+        state=JobState.queued,
+        dataset_id=body.dataset_id,
+        filters=body.filters.model_dump(mode="json", exclude_none=True),
+        samples_per_case=body.samples_per_case,
+        budget_usd=body.budget_usd,
+        use_cache=body.use_cache,
+        gate=body.gate.model_dump(mode="json", exclude_none=True) if body.gate else None,
+        case_count=len(plan.cases),
+        request_count=len(plan.cases) * len(plan.targets) * body.samples_per_case,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(job)
+            await session.flush()
+            await repository.insert_config_links(session, _links(job.id, plan))
+            await repository.insert_requests(session, _request_rows(job, plan))
+    except IntegrityError:
+        # the same Idempotency-Key arrived twice at once: the other request created the job
+        earlier = await repository.get_by_idempotency_key(session, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        return _replay(earlier, body_hash)
+    return Created(job, created=True)
+
+
+def _replay(earlier: Job, body_hash: str) -> Created:
+    if earlier.request_hash != body_hash:
+        raise Conflict(
+            "this Idempotency-Key was used for a job with a different body",
+            [FieldError("Idempotency-Key", "reused with a different request body")],
+        )
+    return Created(earlier, created=False)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    cases: list[CaseRef]
+    targets: list[ModelConfig]
+    judges: list[ModelConfig]
+
+
+async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _Plan:
+    if await datasets_repo.get(session, body.dataset_id) is None:
+        raise ValidationFailed(f"no dataset {body.dataset_id}", [FieldError("dataset_id", "no such dataset")])
+    if len(body.model_config_ids) > settings.jobs.max_model_configs:
+        raise ValidationFailed(
+            "too many model configs",
+            [FieldError("model_config_ids", f"at most {settings.jobs.max_model_configs} configs per job")],
+        )
+    if body.samples_per_case > settings.jobs.max_samples_per_case:
+        raise ValidationFailed(
+            "too many samples per case",
+            [FieldError("samples_per_case", f"at most {settings.jobs.max_samples_per_case}")],
+        )
+    targets = await _configs(session, body.model_config_ids, "model_config_ids")
+    if body.judge_config_ids is None:
+        judges = [(await configs.register(session, configs.default_judge_body(settings.default_judge))).config]
+    else:
+        judges = await _configs(session, body.judge_config_ids, "judge_config_ids")
+    cases = await _cases(session, body)
+    total = len(cases) * len(targets) * body.samples_per_case
+    if total > settings.jobs.max_requests:
+        raise ValidationFailed(
+            f"the job would make {total} requests; the limit is {settings.jobs.max_requests}",
+            [FieldError("filters", "select fewer cases, configs or samples")],
+        )
+    if body.gate:
+        _check_baselines(body, targets)
+    return _Plan(cases, targets, judges)
+
+
+async def _configs(session: AsyncSession, ids: list[uuid.UUID], field_name: str) -> list[ModelConfig]:
+    errors: list[FieldError] = []
+    found: list[ModelConfig] = []
+    seen: set[uuid.UUID] = set()
+    for i, config_id in enumerate(ids):
+        if config_id in seen:
+            errors.append(FieldError(f"{field_name}[{i}]", f"{config_id} is listed twice"))
+            continue
+        seen.add(config_id)
+        config = await session.get(ModelConfig, config_id)
+        if config is None:
+            errors.append(FieldError(f"{field_name}[{i}]", f"no model config {config_id}"))
+        else:
+            found.append(config)
+    if errors:
+        raise ValidationFailed(f"{field_name} is not valid: {errors[0].message}", errors)
+    return found
+
+
+async def _cases(session: AsyncSession, body: JobCreate) -> list[CaseRef]:
+    filters = body.filters
+    if filters.case_ids:
+        missing = await repository.missing_case_ids(session, body.dataset_id, filters.case_ids)
+        if missing:
+            shown = ", ".join(map(repr, missing[:10]))
+            raise ValidationFailed(
+                f"{len(missing)} case id(s) are not in the dataset: {shown}",
+                [FieldError("filters.case_ids", f"not in the dataset: {shown}")],
+            )
+    cases = await repository.select_cases(session, body.dataset_id, filters)
+    if filters.limit is not None and len(cases) > filters.limit:
+        cases = stable_subset(cases, filters.limit)
+    if not cases:
+        raise ValidationFailed("the filters select no cases", [FieldError("filters", "no case passes them")])
+    return cases
+
+
+def stable_subset(cases: list[CaseRef], limit: int) -> list[CaseRef]:
+    """``limit`` cases picked by a hash of their ids, kept in dataset order.
+
+    The same limit always picks the same cases, and a larger limit keeps every case of a smaller one.
+    """
+
+    def rank(c: CaseRef) -> bytes:
+        return hashlib.sha256(c.external_id.encode()).digest()
+
+    chosen = {c.id for c in sorted(cases, key=rank)[:limit]}
+    return [c for c in cases if c.id in chosen]
+
+
+def _check_baselines(body: JobCreate, targets: list[ModelConfig]) -> None:
+    names = {c.name: c for c in targets} | {str(c.id): c for c in targets}
+    assert body.gate is not None
+    errors = [
+        FieldError(f"gate.checks[{i}].baseline", f"{check.baseline!r} is not one of the job's model configs")
+        for i, check in enumerate(body.gate.checks)
+        if check.baseline is not None and check.baseline not in names
+    ]
+    if errors:
+        raise ValidationFailed("a gate check names a baseline outside the job", errors)
+
+
+def _links(job_id: uuid.UUID, plan: _Plan) -> list[dict[str, object]]:
+    rows = [
+        {"job_id": job_id, "model_config_id": c.id, "role": ConfigRole.target, "position": i}
+        for i, c in enumerate(plan.targets)
+    ]
+    rows += [
+        {"job_id": job_id, "model_config_id": c.id, "role": ConfigRole.judge, "position": i}
+        for i, c in enumerate(plan.judges)
+    ]
+    return rows
+
+
+def _request_rows(job: Job, plan: _Plan) -> list[dict[str, object]]:
+    now = utcnow()
+    return [
+        {
+            "id": request_id(job.id, config.id, case.id, sample),
+            "job_id": job.id,
+            "model_config_id": config.id,
+            "case_id": case.id,
+            "sample_index": sample,
+            "state": UnitState.pending,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for config in plan.targets
+        for case in plan.cases
+        for sample in range(job.samples_per_case)
+    ]
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job:
+    job = await session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+async def read_job(session: AsyncSession, job: Job) -> JobRead:
+    """The job's status: state, progress by phase and state, throughput, ETA, tokens, spend, errors."""
+    requests = await repository.unit_counts(session, Request, job.id)
+    judgements = await repository.unit_counts(session, Judgement, job.id)
+    links = await repository.config_ids(session, job.id)
+    tokens, cost = await repository.usage(session, job.id)
+    now = utcnow()
+    window_start = max(now - THROUGHPUT_WINDOW, job.started_at or now)
+    seconds = (now - window_start).total_seconds()
+    finished = await repository.finished_since(session, job.id, window_start) if seconds > 0 else 0
+    rate = finished / seconds if seconds > 0 else 0.0
+    judges = max(len(links[ConfigRole.judge]), 1)
+    # every open request still owes its own call and one judgement per judge
+    remaining = (requests.pending + requests.leased) * (1 + judges) + judgements.pending + judgements.leased
+    eta = remaining / rate if rate > 0 and not JobState(job.state).final else None
+    return JobRead(
+        **JobSummary.model_validate(job).model_dump(),
+        model_config_ids=links[ConfigRole.target],
+        judge_config_ids=links[ConfigRole.judge],
+        filters=job.filters,
+        budget_usd=job.budget_usd,
+        use_cache=job.use_cache,
+        gate=job.gate,
+        progress=Progress(requests=requests, judgements=judgements),
+        calls_per_second=round(rate, 3),
+        eta_seconds=round(eta, 1) if eta is not None else None,
+        cost_usd=round(cost, 6),
+        tokens=tokens,
+        errors_by_kind=await repository.errors_by_kind(session, job.id),
+        error=job.error,
+    )
+
+
+async def cancel_job(session: AsyncSession, job: Job) -> Job:
+    """Stop dispatching the job's work. Calls in flight finish and are kept. Flushes only."""
+    state = JobState(job.state)
+    if state is JobState.cancelled:
+        return job
+    if state.final:
+        raise Conflict(f"job {job.id} is already {state.value}", [FieldError("state", f"the job is {state.value}")])
+    job.state = JobState.cancelled
+    job.finished_at = utcnow()
+    await session.flush()
+    return job

@@ -1,0 +1,49 @@
+"""``/v1/model-configs``: register, list and read model configs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from service.deps import SessionDep
+from service.model_configs import repository, service
+from service.model_configs.schemas import ModelConfigCreate, ModelConfigRead
+from service.pagination import Page, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1/model-configs", tags=["model configs"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelConfigRead,
+    responses={200: {"description": "an identical config was already registered", "model": ModelConfigRead}},
+)
+async def register_model_config(body: ModelConfigCreate, session: SessionDep, response: Response) -> ModelConfigRead:
+    """Register a config; posting an identical one again returns the existing config with 200."""
+    registered = await service.register(session, body)
+    await session.commit()
+    if not registered.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/model-configs/{registered.config.id}"
+    return ModelConfigRead.model_validate(registered.config)
+
+
+@router.get("", response_model=Page[ModelConfigRead])
+async def list_model_configs(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
+) -> Page[ModelConfigRead]:
+    after = decode_cursor(cursor, 1)[0] if cursor else None
+    rows = await repository.list_page(session, limit + 1, after)
+    items = [ModelConfigRead.model_validate(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].name) if len(rows) > limit else None
+    return Page[ModelConfigRead](items=items, next_cursor=next_cursor)
+
+
+@router.get("/{config_id}", response_model=ModelConfigRead)
+async def read_model_config(config_id: uuid.UUID, session: SessionDep) -> ModelConfigRead:
+    return ModelConfigRead.model_validate(await service.get(session, config_id))

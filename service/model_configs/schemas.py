@@ -1,0 +1,181 @@
+"""Model config schemas, validated per provider, and their canonical fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+from service.db.models.enums import Provider
+from service.errors import FieldError
+
+OPENAI_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+ANTHROPIC_THINKING: Final = ("disabled", "adaptive", "low", "medium", "high", "max")
+GEMINI_LEVELS: Final = ("minimal", "low", "medium", "high")
+DEFAULT_MAX_TOKENS: Final = 8_000
+DEFAULT_KEY_ENV: Final[dict[Provider, str | None]] = {
+    Provider.openai: "OPENAI_API_KEY",
+    Provider.anthropic: "ANTHROPIC_API_KEY",
+    Provider.google: "GEMINI_API_KEY",
+    Provider.openai_compatible: None,
+}
+_SECRET_FIELDS: Final = ("api_key", "key", "secret", "token", "password", "authorization")
+_NO_KEYS: Final = (
+    "refused: keys are never stored. Put the key in an environment variable or secret and give that "
+    "variable's name in api_key_env"
+)
+
+
+class Params(BaseModel):
+    """What shapes the model's answers. Which fields a provider takes is checked on the config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    system_prompt: str | None = Field(default=None, max_length=100_000)
+    reasoning: str | int | None = Field(
+        default=None,
+        description=(
+            "openai / openai_compatible: an effort (none..max); anthropic: disabled, adaptive, or an effort "
+            "(low..max) for adaptive thinking, or a thinking budget in tokens; google: a thinking level "
+            "(minimal..high) or a thinking budget in tokens (-1 automatic, 0 off)"
+        ),
+    )
+    extra_body: dict[str, Any] | None = Field(
+        default=None, description="extra JSON fields sent as they are (OpenAI-compatible and Anthropic only)"
+    )
+
+
+class Limits(BaseModel):
+    """How hard this config may be driven. Not part of the fingerprint: limits do not change answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(default=None, ge=1, le=10_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class ModelConfigCreate(BaseModel):
+    """A model config to register. ``api_key_env`` names the variable that holds the key: never the key."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+    provider: Provider
+    model: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    base_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://\S+$")
+    api_key_env: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    params: Params = Field(default_factory=Params)
+    limits: Limits = Field(default_factory=Limits)
+
+    # present only to refuse it with a message naming the field; never stored, never in the schema
+    api_key: SkipJsonSchema[None] = Field(default=None, exclude=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_secrets(cls, data: Any, handler: ModelWrapValidatorHandler[ModelConfigCreate]) -> ModelConfigCreate:
+        if isinstance(data, dict):
+            present = [name for name in _SECRET_FIELDS if data.get(name) is not None]
+            if present:
+                raise ValidationError.from_exception_data(
+                    cls.__name__,
+                    [
+                        {"type": PydanticCustomError("secret", _NO_KEYS), "loc": (name,), "input": "<hidden>"}
+                        for name in present
+                    ],
+                )
+        return handler(data)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ModelConfigCreate:
+        if self.base_url:
+            self.base_url = self.base_url.rstrip("/")
+        if self.api_key_env is None:
+            self.api_key_env = DEFAULT_KEY_ENV[self.provider]
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the model's output: provider, model, endpoint, params."""
+        return _digest(
+            {
+                "provider": self.provider.value,
+                "model": self.model,
+                "base_url": self.base_url,
+                "params": self.params.model_dump(exclude_none=True),
+            }
+        )
+
+    def definition_hash(self) -> str:
+        """Hash of the whole registration: the same body posted again finds the same config."""
+        return _digest(self.model_dump(mode="json", exclude_none=True))
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def provider_problems(config: ModelConfigCreate) -> list[FieldError]:
+    """What in the config this provider's SDK or API would refuse, each naming its field."""
+    p, provider = config.params, config.provider
+    problems: list[FieldError] = []
+    if provider is Provider.openai_compatible and not config.base_url:
+        problems.append(FieldError("base_url", "required for openai_compatible (e.g. https://openrouter.ai/api/v1)"))
+    if provider is Provider.anthropic:
+        for name in ("temperature", "top_p"):
+            if getattr(p, name) is not None:
+                problems.append(
+                    FieldError(
+                        f"params.{name}",
+                        f"not accepted for anthropic: the Anthropic SDK 2.x removed {name} from messages.create "
+                        "and current models reject it; omit it (an older model that still takes it can get it "
+                        f"through params.extra_body.{name})",
+                    )
+                )
+    if provider is Provider.google and p.extra_body is not None:
+        problems.append(FieldError("params.extra_body", "not supported for provider google"))
+    reasoning = _reasoning_problem(provider, p)
+    if reasoning:
+        problems.append(FieldError("params.reasoning", reasoning))
+    return problems
+
+
+def _reasoning_problem(provider: Provider, p: Params) -> str | None:
+    r = p.reasoning
+    if r is None:
+        return None
+    if provider in (Provider.openai, Provider.openai_compatible):
+        ok = r in OPENAI_EFFORTS
+        return None if ok else f"for {provider.value} an effort, one of {', '.join(OPENAI_EFFORTS)}"
+    if provider is Provider.anthropic:
+        if isinstance(r, int):
+            return None if 1024 <= r < p.max_tokens else "a thinking budget must be >= 1024 and below max_tokens"
+        ok = r in ANTHROPIC_THINKING
+        return None if ok else f"for anthropic one of {', '.join(ANTHROPIC_THINKING)}, or a thinking budget"
+    if isinstance(r, int):
+        return None if r >= -1 else "a thinking budget must be -1 (automatic), 0 (off) or more"
+    return None if r in GEMINI_LEVELS else f"for google a thinking level, one of {', '.join(GEMINI_LEVELS)}"
+
+
+class ModelConfigRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    fingerprint: str
+    name: str
+    provider: Provider
+    model: str
+    base_url: str | None
+    api_key_env: str | None
+    params: dict[str, Any]
+    limits: dict[str, Any]
+    created_at: datetime

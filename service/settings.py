@@ -1,0 +1,93 @@
+"""Typed settings, read from the environment with the ``DEFEATER_`` prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_database_url() -> str:
+    """The embedded default: a SQLite file in the user's data directory."""
+    data_dir = Path(platformdirs.user_data_dir("defeater", appauthor=False))
+    return f"sqlite+aiosqlite:///{data_dir / 'defeater.db'}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs people paste (``postgres://``, ``sqlite:///``) and pick the async drivers."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+class ImportLimits(BaseModel):
+    """Bounds on one dataset import, so that a huge upload fails clearly instead of slowly."""
+
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_cases: int = Field(default=100_000, ge=1)
+    max_field_chars: int = Field(default=20_000, ge=100)
+
+
+class DefaultJudge(BaseModel):
+    """The judge a job gets when it names none: the study's judge, by default."""
+
+    name: str = "default-judge"
+    provider: Literal["openai", "anthropic", "google", "openai_compatible"] = "openai"
+    model: str = "gpt-5.4-2026-03-05"
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    reasoning: str | None = "medium"
+    max_tokens: int = 1200
+
+
+class JobLimits(BaseModel):
+    """Bounds on one job's size."""
+
+    max_model_configs: int = Field(default=64, ge=1)
+    max_samples_per_case: int = Field(default=100, ge=1)
+    max_requests: int = Field(default=2_000_000, ge=1)
+
+
+class Settings(BaseSettings):
+    """All of the service's settings. Nested groups read ``DEFEATER_<GROUP>__<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DEFEATER_", env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    database_url: str = Field(default_factory=default_database_url)
+    redis_url: str | None = None
+    database_echo: bool = False
+    database_pool_size: int = Field(default=10, ge=1)
+    # On SQLite (embedded) the schema is brought up to date on start; Postgres uses `defeater db upgrade`.
+    auto_migrate: bool | None = None
+
+    imports: ImportLimits = ImportLimits()
+    jobs: JobLimits = JobLimits()
+    default_judge: DefaultJudge = DefaultJudge()
+
+    # client side
+    url: str = "http://127.0.0.1:8000"
+    api_token: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """No Redis: work runs inside this process."""
+        return self.redis_url is None
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate

@@ -1,0 +1,170 @@
+"""Fixtures: a migrated database per backend (SQLite file, real Postgres), each test rolled back; the API."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from service.app import create_app
+from service.db.migrate import upgrade
+from service.db.session import create_engine
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY_DIR = Path(os.environ.get("DEFEATER_STUDY_DATA", ROOT.parent / "shared" / "data" / "blind-refusal"))
+POSTGRES_ADMIN_URL = os.environ.get("DEFEATER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def study_dir() -> Path:
+    """The study's real data (cases, answers, labels), read in place from the shared folder."""
+    if not (STUDY_DIR / "cases.jsonl").exists():
+        pytest.fail(f"the study data is not at {STUDY_DIR}; set DEFEATER_STUDY_DATA")
+    return STUDY_DIR
+
+
+@pytest.fixture(scope="session")
+def study_cases_bytes(study_dir: Path) -> bytes:
+    return (study_dir / "cases.jsonl").read_bytes()
+
+
+async def _create_postgres_database() -> tuple[str, str]:
+    name = f"defeater_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+async def _drop_postgres_database(name: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A fresh database per backend for the whole session, its schema built by the real migrations."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'ledger.db'}"
+        name = None
+    else:
+        name, url = await _create_postgres_database()
+    engine = create_engine(Settings(database_url=url), pooled=False)
+    await upgrade(engine)
+    await engine.dispose()
+    try:
+        yield Settings(database_url=url).database_url
+    finally:
+        if name:
+            await _drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(Settings(database_url=database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return "sqlite" if database_url.startswith("sqlite") else "postgres"
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside a transaction that is rolled back after the test: each test starts clean."""
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        try:
+            yield conn
+        finally:
+            await transaction.rollback()
+
+
+@pytest.fixture
+def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the test's connection; their commits become savepoints of the test's transaction."""
+    return async_sessionmaker(
+        bind=connection, expire_on_commit=False, autoflush=False, join_transaction_mode="create_savepoint"
+    )
+
+
+@pytest.fixture
+async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    async with sessionmaker() as session:
+        yield session
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url)
+
+
+@pytest.fixture
+async def client(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process (lifespan included), on the test's rolled-back connection."""
+    app = create_app(settings, sessionmaker=sessionmaker)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://defeater.test") as http:
+            yield http
+
+
+@pytest.fixture
+def make_config(client: httpx.AsyncClient) -> Callable[..., Any]:
+    """Register a model config through the API: ``await make_config(name=..., **overrides)``."""
+    counter = iter(range(1_000_000))
+
+    async def create(**overrides: Any) -> dict[str, Any]:
+        body = {"name": f"cfg-{next(counter)}", "provider": "openai", "model": "gpt-test"} | overrides
+        response = await client.post("/v1/model-configs", json=body)
+        assert response.status_code in (200, 201), response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    return create
+
+
+@pytest.fixture
+async def starter(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The built-in starter dataset as the API lists it."""
+    items = (await client.get("/v1/datasets")).json()["items"]
+    found: dict[str, Any] = next(d for d in items if d["name"] == "starter")
+    return found
+
+
+@pytest.fixture
+def problem() -> Callable[[httpx.Response, int], dict[str, Any]]:
+    """Assert a response is problem+json with the status, and return its body."""
+
+    def check(response: httpx.Response, status: int) -> dict[str, Any]:
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        body: dict[str, Any] = response.json()
+        assert body["status"] == status and body["title"] and body["detail"]
+        return body
+
+    return check
+
+
+@pytest.fixture
+def env_without_defeater(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An environment for subprocesses: no DEFEATER_ settings but a private SQLite file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEFEATER_")}
+    env["DEFEATER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    yield env

@@ -1,0 +1,1 @@
+"""Defeater's execution engine: tasks, provider adapters, limits, retries, the judge, executors."""
