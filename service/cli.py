@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -16,6 +17,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,8 +43,8 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(configs_app, name="configs")
 app.add_typer(jobs_app, name="jobs")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 PROVIDER_ALIASES = {"gemini": "google", "compatible": "openai_compatible"}
@@ -68,8 +70,9 @@ def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
         except ValidationError as exc:
             errors = field_errors(exc.errors(include_url=False))
             raise fail(f"{errors[0]}", errors) from None
-        except OperationalError as exc:
-            raise fail(f"cannot use the database: {exc.orig or exc}") from None
+        except (OperationalError, ConnectionError, socket.gaierror) as exc:
+            where = make_url(Settings().database_url).render_as_string(hide_password=True)
+            raise fail(f"cannot reach the database at {where}: {getattr(exc, 'orig', None) or exc}") from None
         except OSError as exc:
             raise fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": ")) from None
 

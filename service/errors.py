@@ -25,7 +25,8 @@ class FieldError:
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line is not None else ""
-        return f"{where}{self.field}: {self.message}"
+        field = "" if self.field in ("line", "") else f"{self.field}: "
+        return f"{where}{field}{self.message}"
 
 
 @dataclass

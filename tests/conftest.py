@@ -116,7 +116,9 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
     """The API in-process (lifespan included), on the test's rolled-back connection."""
     app = create_app(settings, sessionmaker=sessionmaker)
     async with app.router.lifespan_context(app):

@@ -61,4 +61,4 @@ async def list_cases(
 
 async def family_counts(session: AsyncSession, dataset_id: uuid.UUID) -> dict[str, int]:
     query = select(Case.family, func.count()).where(Case.dataset_id == dataset_id).group_by(Case.family)
-    return {family.value: count for family, count in (await session.execute(query)).tuples()}
+    return {family.value: count for family, count in (await session.execute(query)).all()}

@@ -73,7 +73,7 @@ async def import_dataset(
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         meta, validated = await _from_json(request, limits)
-    elif ctype == "multipart/form-data":
+    elif ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         meta, validated = await _from_multipart(request, limits)
     elif ctype in ("application/x-ndjson", "application/jsonl", "text/csv", "application/csv", "text/plain"):
         meta = _meta({"name": name, "version": version})

@@ -23,16 +23,22 @@ def alembic_config(database_url: str | None = None) -> Config:
     return cfg
 
 
-def _upgrade_on(connection: Connection, revision: str) -> None:
+def _run_on(connection: Connection, direction: str, revision: str) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
-    command.upgrade(cfg, revision)
+    getattr(command, direction)(cfg, revision)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Run every pending migration on ``engine``'s database, in one transaction where the database allows."""
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade_on, revision)
+        await conn.run_sync(_run_on, "upgrade", revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Undo migrations down to ``revision`` (``base`` removes every table)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_run_on, "downgrade", revision)
 
 
 def _current_on(connection: Connection) -> str | None:

@@ -24,6 +24,9 @@ from service.db.models import (
 from service.jobs.schemas import JobFilters, Tokens, UnitCounts
 
 REQUEST_INSERT_BATCH = 5_000
+REQUEST_COLUMNS = (
+    "id", "job_id", "model_config_id", "case_id", "sample_index", "state", "attempts", "created_at", "updated_at",
+)  # fmt: skip
 
 
 class CaseRef(NamedTuple):
@@ -42,7 +45,7 @@ async def select_cases(session: AsyncSession, dataset_id: uuid.UUID, filters: Jo
         query = query.where(Case.dual_use.is_(filters.dual_use))
     if filters.case_ids:
         query = query.where(Case.external_id.in_(filters.case_ids))
-    return [CaseRef(*row) for row in (await session.execute(query)).tuples()]
+    return [CaseRef(*row) for row in (await session.execute(query)).all()]
 
 
 async def missing_case_ids(session: AsyncSession, dataset_id: uuid.UUID, case_ids: list[str]) -> list[str]:
@@ -51,10 +54,22 @@ async def missing_case_ids(session: AsyncSession, dataset_id: uuid.UUID, case_id
     return [c for c in case_ids if c not in found]
 
 
-async def insert_requests(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Insert request rows with multi-row statements, a batch at a time; no ORM objects."""
+async def insert_requests(session: AsyncSession, rows: list[tuple[Any, ...]]) -> None:
+    """Insert request rows (in ``REQUEST_COLUMNS`` order) in bulk, inside the session's transaction.
+
+    COPY on Postgres; multi-row INSERT statements, a batch at a time, elsewhere. No ORM objects either way.
+    """
+    connection = await session.connection()
+    if not rows:
+        return
+    if connection.dialect.name == "postgresql":
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.copy_records_to_table(Request.__tablename__, records=rows, columns=REQUEST_COLUMNS)
+        return
     for start in range(0, len(rows), REQUEST_INSERT_BATCH):
-        await session.execute(insert(Request), rows[start : start + REQUEST_INSERT_BATCH])
+        batch = [dict(zip(REQUEST_COLUMNS, row, strict=True)) for row in rows[start : start + REQUEST_INSERT_BATCH]]
+        await session.execute(insert(Request), batch)
 
 
 async def insert_config_links(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
@@ -72,7 +87,7 @@ async def config_ids(session: AsyncSession, job_id: uuid.UUID) -> dict[ConfigRol
         .order_by(JobModelConfig.role, JobModelConfig.position)
     )
     out: dict[ConfigRole, list[uuid.UUID]] = {ConfigRole.target: [], ConfigRole.judge: []}
-    for role, config_id in (await session.execute(query)).tuples():
+    for role, config_id in (await session.execute(query)).all():
         out[role].append(config_id)
     return out
 
@@ -80,7 +95,7 @@ async def config_ids(session: AsyncSession, job_id: uuid.UUID) -> dict[ConfigRol
 async def unit_counts(session: AsyncSession, model: type[Request] | type[Judgement], job_id: uuid.UUID) -> UnitCounts:
     query = select(model.state, func.count()).where(model.job_id == job_id).group_by(model.state)
     counts = UnitCounts()
-    for state, n in (await session.execute(query)).tuples():
+    for state, n in (await session.execute(query)).all():
         setattr(counts, UnitState(state).value, n)
         counts.total += n
     return counts
@@ -135,7 +150,7 @@ async def errors_by_kind(session: AsyncSession, job_id: uuid.UUID) -> dict[str, 
             .where(model.job_id == job_id, model.state == UnitState.failed)
             .group_by(model.failure_reason)
         )
-        for reason, n in (await session.execute(query)).tuples():
+        for reason, n in (await session.execute(query)).all():
             key = reason or "unknown"
             out[key] = out.get(key, 0) + n
     return out

@@ -30,8 +30,22 @@ class Created:
 
 
 def request_id(job_id: uuid.UUID, config_id: uuid.UUID, case_id: uuid.UUID, sample: int) -> uuid.UUID:
-    """A request's identity: the same (job, config, case, sample) always gives the same id."""
+    """A request's identity: the same (job, config, case, sample) always gives the same id (a UUIDv5)."""
     return uuid.uuid5(job_id, f"{config_id}:{case_id}:{sample}")
+
+
+def request_ids(job_id: uuid.UUID, config_id: uuid.UUID, case_ids: list[uuid.UUID], samples: int) -> list[uuid.UUID]:
+    """``request_id`` for every case x sample of one config, in that order, without re-hashing the common prefix."""
+    prefix = hashlib.sha1(job_id.bytes + f"{config_id}:".encode(), usedforsecurity=False)
+    out: list[uuid.UUID] = []
+    for case_id in case_ids:
+        case_prefix = prefix.copy()
+        case_prefix.update(f"{case_id}:".encode())
+        for sample in range(samples):
+            h = case_prefix.copy()
+            h.update(str(sample).encode())
+            out.append(uuid.UUID(bytes=h.digest()[:16], version=5))
+    return out
 
 
 async def create_job(
@@ -193,24 +207,21 @@ def _links(job_id: uuid.UUID, plan: _Plan) -> list[dict[str, object]]:
     return rows
 
 
-def _request_rows(job: Job, plan: _Plan) -> list[dict[str, object]]:
+def _request_rows(job: Job, plan: _Plan) -> list[tuple[object, ...]]:
+    """Every request of the job as a row in ``repository.REQUEST_COLUMNS`` order."""
     now = utcnow()
-    return [
-        {
-            "id": request_id(job.id, config.id, case.id, sample),
-            "job_id": job.id,
-            "model_config_id": config.id,
-            "case_id": case.id,
-            "sample_index": sample,
-            "state": UnitState.pending,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for config in plan.targets
-        for case in plan.cases
-        for sample in range(job.samples_per_case)
-    ]
+    pending = UnitState.pending.value
+    samples = job.samples_per_case
+    case_ids = [case.id for case in plan.cases]
+    pairs = [(case_id, sample) for case_id in case_ids for sample in range(samples)]
+    rows: list[tuple[object, ...]] = []
+    for config_id in [config.id for config in plan.targets]:
+        ids = request_ids(job.id, config_id, case_ids, samples)
+        rows.extend(
+            (rid, job.id, config_id, case_id, sample, pending, 0, now, now)
+            for rid, (case_id, sample) in zip(ids, pairs, strict=True)
+        )
+    return rows
 
 
 async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job:

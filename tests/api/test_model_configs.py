@@ -114,7 +114,9 @@ async def test_listing_pages_with_a_cursor(client: httpx.AsyncClient, make_confi
         if cursor is None:
             break
     assert seen == names
-    assert problem(await client.get("/v1/model-configs", params={"cursor": "!!"}), 422)["errors"][0]["field"] == "cursor"
+    assert (
+        problem(await client.get("/v1/model-configs", params={"cursor": "!!"}), 422)["errors"][0]["field"] == "cursor"
+    )
 
 
 async def test_an_unknown_config_is_a_404_problem(client: httpx.AsyncClient, problem: Any) -> None:

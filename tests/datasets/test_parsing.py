@@ -77,9 +77,7 @@ def test_a_corrupted_line_refuses_the_file_naming_that_line(study_cases_bytes: b
         (lambda c: c.update(id=""), "id", "at least 1 character"),
     ],
 )
-def test_a_bad_field_is_named_with_its_line(
-    study_cases_bytes: bytes, mutate: Any, field: str, message: str
-) -> None:
+def test_a_bad_field_is_named_with_its_line(study_cases_bytes: bytes, mutate: Any, field: str, message: str) -> None:
     lines = lines_of(study_cases_bytes)[:20]
     case = json.loads(lines[6])
     mutate(case)
