@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.datasets import service as datasets
 from service.datasets.parsing import detect_format, read_records, validate_records
@@ -80,21 +81,29 @@ def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
 
 
 @asynccontextmanager
-async def local_session() -> AsyncIterator[AsyncSession]:
-    """A session on the configured database, schema checked (SQLite is migrated), starter dataset present."""
-    settings = Settings()
-    engine = create_engine(settings, pooled=False)
+async def local_db(settings: Settings | None = None) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the configured database, schema checked (SQLite is migrated), starter dataset present."""
+    settings = settings or Settings()
+    engine = create_engine(settings)
     try:
         if settings.should_auto_migrate:
             await upgrade(engine)
         elif await current_revision(engine) is None:
             raise DefeaterError("the database has no schema yet: run `defeater db upgrade` first")
-        async with create_sessionmaker(engine)() as session:
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session:
             await datasets.ensure_starter(session)
             await session.commit()
-            yield session
+        yield sessionmaker
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def local_session() -> AsyncIterator[AsyncSession]:
+    """One session on the configured database (see ``local_db``)."""
+    async with local_db() as sessionmaker, sessionmaker() as session:
+        yield session
 
 
 # ---- db ---------------------------------------------------------------------------------------------------
@@ -239,47 +248,89 @@ async def configs_list() -> None:
 # ---- jobs -------------------------------------------------------------------------------------------------
 
 
+ModelOpt = Annotated[list[str], typer.Option("--model", "-m", help="provider:model[@base_url]; repeatable")]
+ConfigOpt = Annotated[list[str], typer.Option("--config", "-c", help="a registered config's name or id")]
+JudgeOpt = Annotated[list[str], typer.Option(help="provider:model or a config name; default: the service's")]
+DatasetOpt = Annotated[str, typer.Option(help="id, name or name@version")]
+FamilyOpt = Annotated[list[Family], typer.Option(help="only these families; repeatable")]
+AuthorityOpt = Annotated[list[str], typer.Option(help="only these authority types; repeatable")]
+DualUseOpt = Annotated[bool | None, typer.Option("--dual-use/--no-dual-use", help="only (non-)dual-use cases")]
+LimitOpt = Annotated[int | None, typer.Option(help="a stable subset of at most N cases")]
+SamplesOpt = Annotated[int, typer.Option(help="samples per case")]
+BudgetOpt = Annotated[float | None, typer.Option(help="spend limit in USD; the job pauses when it is reached")]
+FormatOpt = Annotated[str, typer.Option("--format", help="table or json")]
+
+
+@dataclass(frozen=True)
+class JobFlags:
+    """What the job-creating commands take from their flags."""
+
+    model: list[str]
+    config: list[str]
+    judge: list[str]
+    dataset: str
+    family: list[Family]
+    authority: list[str]
+    dual_use: bool | None
+    limit: int | None
+    samples: int
+    budget: float | None
+    use_cache: bool = True
+
+
+async def create_job_from_flags(session: AsyncSession, flags: JobFlags, settings: Settings) -> JobRead:
+    """Register the ``--model`` configs, resolve the rest, and create the job with all its requests. Commits."""
+    if not flags.model and not flags.config:
+        raise ValidationFailed("give at least one --model provider:model or --config NAME")
+    ds = await datasets.resolve(session, flags.dataset)
+    targets = [(await configs.register(session, parse_model_spec(m))).config.id for m in flags.model]
+    targets += [(await configs.resolve(session, c)).id for c in flags.config]
+    judges = [await _judge_id(session, j) for j in flags.judge] or None
+    filters = JobFilters(
+        families=flags.family or None,
+        authority_types=flags.authority or None,
+        dual_use=flags.dual_use,
+        limit=flags.limit,
+    )
+    body = JobCreate(
+        dataset_id=ds.id,
+        model_config_ids=targets,
+        judge_config_ids=judges,
+        filters=filters,
+        samples_per_case=flags.samples,
+        budget_usd=flags.budget,
+        use_cache=flags.use_cache,
+    )
+    created = await jobs.create_job(session, body, settings)
+    await session.commit()
+    return await jobs.read_job(session, created.job)
+
+
 @jobs_app.command("create")
 @command
 async def jobs_create(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="provider:model[@base_url]; repeatable")] = [],  # noqa: B006
-    config: Annotated[list[str], typer.Option("--config", "-c", help="a registered config's name or id")] = [],  # noqa: B006
-    judge: Annotated[list[str], typer.Option(help="provider:model or a config name; default: the service's")] = [],  # noqa: B006
-    dataset: Annotated[str, typer.Option(help="id, name or name@version")] = datasets.STARTER_NAME,
-    family: Annotated[list[Family], typer.Option(help="only these families; repeatable")] = [],  # noqa: B006
-    authority: Annotated[list[str], typer.Option(help="only these authority types; repeatable")] = [],  # noqa: B006
-    dual_use: Annotated[bool | None, typer.Option("--dual-use/--no-dual-use", help="only (non-)dual-use")] = None,
-    limit: Annotated[int | None, typer.Option(help="a stable subset of at most N cases")] = None,
-    samples: Annotated[int, typer.Option(help="samples per case")] = 1,
-    budget: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
-    output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    model: ModelOpt = [],  # noqa: B006
+    config: ConfigOpt = [],  # noqa: B006
+    judge: JudgeOpt = [],  # noqa: B006
+    dataset: DatasetOpt = datasets.STARTER_NAME,
+    family: FamilyOpt = [],  # noqa: B006
+    authority: AuthorityOpt = [],  # noqa: B006
+    dual_use: DualUseOpt = None,
+    limit: LimitOpt = None,
+    samples: SamplesOpt = 1,
+    budget: BudgetOpt = None,
+    output: FormatOpt = "table",
 ) -> None:
     """Create a job with all its work units, waiting in the ledger."""
-    if not model and not config:
-        raise ValidationFailed("give at least one --model provider:model or --config NAME")
+    flags = JobFlags(model, config, judge, dataset, family, authority, dual_use, limit, samples, budget)
     started = time.perf_counter()
     async with local_session() as session:
-        ds = await datasets.resolve(session, dataset)
-        targets = [(await configs.register(session, parse_model_spec(m))).config.id for m in model]
-        targets += [(await configs.resolve(session, c)).id for c in config]
-        judges = [await _judge_id(session, j) for j in judge] or None
-        filters = JobFilters(families=family or None, authority_types=authority or None, dual_use=dual_use, limit=limit)
-        body = JobCreate(
-            dataset_id=ds.id,
-            model_config_ids=targets,
-            judge_config_ids=judges,
-            filters=filters,
-            samples_per_case=samples,
-            budget_usd=budget,
-        )
-        created = await jobs.create_job(session, body, Settings())
-        await session.commit()
-        status = await jobs.read_job(session, created.job)
+        status = await create_job_from_flags(session, flags, Settings())
     elapsed = time.perf_counter() - started
     if output == "json":
         out.print_json(status.model_dump_json())
         return
-    out.print(f"created job [bold]{status.id}[/] on dataset {ds.name} ({status.case_count} cases) in {elapsed:.2f} s")
+    out.print(f"created job [bold]{status.id}[/] ({status.case_count} cases) in {elapsed:.2f} s")
     print_status(status)
 
 
@@ -402,6 +453,8 @@ def api_command(
 
 def main() -> None:
     """Console entry point."""
+    from service import cli_run  # noqa: F401  (registers `defeater run`)
+
     try:
         app()
     except KeyboardInterrupt:

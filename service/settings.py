@@ -54,6 +54,33 @@ class JobLimits(BaseModel):
     max_requests: int = Field(default=2_000_000, ge=1)
 
 
+class ProviderSettings(BaseModel):
+    """How the workers call providers."""
+
+    timeout_s: float = Field(default=300.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+    default_max_concurrency: int = Field(default=32, ge=1)
+    # pace at this share of a configured RPM / TPM limit, to stay clear of the provider's own window edges
+    rate_safety: float = Field(default=0.99, gt=0, le=1)
+    # when not empty, calls go only to these hosts (tests and the demo allow loopback only)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    prices_file: str | None = None
+
+
+class ExecutorSettings(BaseModel):
+    """The execution engine's knobs."""
+
+    lease_s: float = Field(default=600.0, gt=0)
+    claim_batch: int = Field(default=200, ge=1)
+    flush_interval_s: float = Field(default=0.05, gt=0)
+    flush_batch: int = Field(default=500, ge=1)
+    max_attempts: int = Field(default=6, ge=1)
+    max_rate_limited: int = Field(default=50, ge=1)
+    quarantine_after: int = Field(default=3, ge=2)
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_cap_s: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of the service's settings. Nested groups read ``DEFEATER_<GROUP>__<FIELD>``."""
 
@@ -69,6 +96,8 @@ class Settings(BaseSettings):
     imports: ImportLimits = ImportLimits()
     jobs: JobLimits = JobLimits()
     default_judge: DefaultJudge = DefaultJudge()
+    providers: ProviderSettings = ProviderSettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
     # client side
     url: str = "http://127.0.0.1:8000"

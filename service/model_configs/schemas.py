@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -48,6 +48,9 @@ class Params(BaseModel):
             "(low..max) for adaptive thinking, or a thinking budget in tokens; google: a thinking level "
             "(minimal..high) or a thinking budget in tokens (-1 automatic, 0 off)"
         ),
+    )
+    api: Literal["chat", "responses"] | None = Field(
+        default=None, description="openai / openai_compatible: Chat Completions (default) or the Responses API"
     )
     extra_body: dict[str, Any] | None = Field(
         default=None, description="extra JSON fields sent as they are (OpenAI-compatible and Anthropic only)"
@@ -141,6 +144,8 @@ def provider_problems(config: ModelConfigCreate) -> list[FieldError]:
                         f"through params.extra_body.{name})",
                     )
                 )
+    if p.api is not None and provider not in (Provider.openai, Provider.openai_compatible):
+        problems.append(FieldError("params.api", "only for openai and openai_compatible"))
     if provider is Provider.google and p.extra_body is not None:
         problems.append(FieldError("params.extra_body", "not supported for provider google"))
     reasoning = _reasoning_problem(provider, p)

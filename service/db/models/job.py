@@ -33,6 +33,8 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     # hash of the body that created the job, to refuse a reused Idempotency-Key with another body
     request_hash: Mapped[str] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    # why a running job is not dispatching (e.g. "budget"); cleared when it resumes
+    paused_reason: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 

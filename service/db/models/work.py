@@ -16,7 +16,12 @@ from service.db.models.enums import Outcome, ResponseType, UnitState
 class _Unit(CreatedAt):
     """The state machine shared by requests and judgements: pending -> leased -> succeeded | failed."""
 
+    # calls made (a cache hit makes none); 429s are counted apart and have their own, larger budget
     attempts: Mapped[int] = mapped_column(default=0)
+    rate_limited: Mapped[int] = mapped_column(default=0, server_default="0")
+    # the last failure's signature and how many times in a row it repeated: identical repeats are quarantined
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_repeats: Mapped[int] = mapped_column(default=0, server_default="0")
     lease_expires_at: Mapped[datetime | None]
     leased_by: Mapped[str | None] = mapped_column(String(200))
     # earliest time of the next attempt (backoff); NULL means now

@@ -1,0 +1,37 @@
+"""Local pacing: even spacing under an RPM limit, token debt, and a pause that holds every caller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from workers.limits import KeyLimits
+
+
+async def test_rpm_is_paced_evenly_not_in_bursts() -> None:
+    limits = KeyLimits(rpm=1200, tpm=None, safety=1.0)  # one call every 50 ms
+    started = time.monotonic()
+    stamps = []
+    for _ in range(11):
+        await limits.acquire(10)
+        stamps.append(time.monotonic() - started)
+    assert 0.45 <= stamps[-1] <= 0.8
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert min(gaps[1:]) >= 0.035
+
+
+async def test_a_pause_holds_every_caller_until_it_ends() -> None:
+    limits = KeyLimits(rpm=None, tpm=None, safety=1.0)
+    limits.pause(0.3)
+    started = time.monotonic()
+    await asyncio.gather(*(limits.acquire(1) for _ in range(5)))
+    assert time.monotonic() - started >= 0.29
+
+
+async def test_tokens_over_the_estimate_are_taken_from_the_next_call() -> None:
+    limits = KeyLimits(rpm=None, tpm=60_000, safety=1.0)  # 6,000 tokens per 6 s bucket, 1,000 a second
+    await limits.acquire(5_000)
+    limits.settle(5_000, 5_900)
+    started = time.monotonic()
+    await limits.acquire(1_000)  # 1,000 + 900 owed, with 1,000 free: waits for ~900 to leak, about 0.9 s
+    assert 0.75 <= time.monotonic() - started <= 1.5

@@ -1,0 +1,186 @@
+"""The in-process executor: leases a job's requests, runs them under per-config concurrency and per-key
+limits, writes outcomes in batches, and finishes the job when every unit is final."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.db.base import utcnow
+from service.db.models import JobState, Response, UnitState
+from workers.executor import ledger
+from workers.executor.writer import ResultWriter, UnitUpdate
+from workers.tasks import Runtime, Stats, Target, reused_row, run_request
+
+TICK_S = 0.05
+IDLE_TICK_S = 0.5
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run of a job ended: ``completed``, ``failed``, ``cancelled``, ``paused`` (budget) or ``stopped``."""
+
+    job_id: uuid.UUID
+    state: str
+    stats: Stats
+
+
+class _Lane:
+    """One config's local queue of leased units and its in-flight count."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.queue: collections.deque[tuple[ledger.Claimed, str]] = collections.deque()
+        self.in_flight = 0
+
+
+def _done(lane: _Lane, tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    lane.in_flight -= 1
+    tasks.discard(task)
+
+
+class EmbeddedExecutor:
+    """Runs jobs inside this process. ``stop()`` makes ``run_job`` return after in-flight calls finish."""
+
+    def __init__(self, runtime: Runtime, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.runtime = runtime
+        self.sessionmaker = sessionmaker
+        self.holder = ledger.holder_id()
+        self.stats = Stats()
+        self._stopping = False
+        self._prompts: dict[uuid.UUID, str] = {}
+        self._use_cache = True
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def run_job(self, job_id: uuid.UUID, on_tick: Callable[[Stats], None] | None = None) -> RunOutcome:
+        """Work on the job until every unit is final, it is cancelled or paused, or ``stop()`` is called."""
+        settings = self.runtime.settings.executor
+        async with self.sessionmaker() as session:
+            await ledger.reclaim_leases(session, job_id)
+            configs = await ledger.target_configs(session, job_id)
+            state, budget, _ = await ledger.job_state(session, job_id)
+            self._use_cache = await ledger.job_uses_cache(session, job_id)
+            if state.final:
+                return RunOutcome(job_id, state.value, self.stats)
+            await ledger.set_job(session, job_id, state=JobState.running, started_at=utcnow(), paused_reason=None)
+            spent = await ledger.spend(session, job_id)
+        default = self.runtime.settings.providers.default_max_concurrency
+        lanes = [_Lane(Target.of(c, default)) for c in configs]
+        writer = ResultWriter(self.sessionmaker, self.holder, settings.flush_interval_s, settings.flush_batch)
+        writer.start()
+        tasks: set[asyncio.Task[None]] = set()
+        ending: str | None = None
+        last_check = 0.0
+        try:
+            while True:
+                if time.monotonic() - last_check > IDLE_TICK_S:
+                    last_check = time.monotonic()
+                    ending = await self._should_stop(job_id, budget, spent + self.stats.spend_usd)
+                if ending is None and not self._stopping:
+                    await self._refill(job_id, lanes, writer)
+                    self._start(job_id, lanes, writer, tasks)
+                if on_tick is not None:
+                    on_tick(self.stats)
+                if not tasks and not any(lane.queue for lane in lanes):
+                    if ending is not None or self._stopping:
+                        break
+                    await writer.flush()
+                    if await self._finished(job_id):
+                        ending = "completed"
+                        break
+                    await asyncio.sleep(IDLE_TICK_S)
+                    continue
+                if tasks:
+                    await asyncio.wait(tasks, timeout=TICK_S, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(TICK_S)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.close()
+            async with self.sessionmaker() as session:
+                await ledger.release_leases(session, self.holder)
+        return RunOutcome(job_id, await self._finish(job_id, ending), self.stats)
+
+    async def _should_stop(self, job_id: uuid.UUID, budget: float | None, spent: float) -> str | None:
+        async with self.sessionmaker() as session:
+            state, _, _ = await ledger.job_state(session, job_id)
+            if state is JobState.cancelled:
+                return "cancelled"
+            if budget is not None and spent >= budget:
+                await ledger.set_job(session, job_id, paused_reason="budget")
+                return "paused"
+        return None
+
+    async def _refill(self, job_id: uuid.UUID, lanes: list[_Lane], writer: ResultWriter) -> None:
+        """Lease more units for lanes whose queue runs low: up to twice the lane's concurrency in hand."""
+        settings = self.runtime.settings.executor
+        for lane in lanes:
+            want = 2 * lane.target.concurrency - lane.in_flight - len(lane.queue)
+            if want < max(1, lane.target.concurrency // 2):
+                continue
+            async with self.sessionmaker() as session:
+                claimed = await ledger.claim_requests(
+                    session, job_id, lane.target.id, min(want, settings.claim_batch), self.holder, settings.lease_s
+                )
+                if not claimed:
+                    continue
+                await self._load_prompts(session, claimed)
+                hits = await self._cache_hits(session, job_id, lane.target, claimed)
+            for unit in claimed:
+                earlier = hits.get(unit.id)
+                if earlier is not None:
+                    writer.add(UnitUpdate(unit.id, UnitState.succeeded), reused_row(job_id, lane.target, unit, earlier))
+                    self.stats.reused += 1
+                    self.stats.succeeded += 1
+                else:
+                    lane.queue.append((unit, self._prompts[unit.case_id]))
+
+    async def _load_prompts(self, session: AsyncSession, claimed: list[ledger.Claimed]) -> None:
+        missing = list({u.case_id for u in claimed} - self._prompts.keys())
+        if missing:
+            self._prompts.update(await ledger.prompts(session, missing))
+
+    async def _cache_hits(
+        self, session: AsyncSession, job_id: uuid.UUID, target: Target, claimed: list[ledger.Claimed]
+    ) -> dict[uuid.UUID, Response]:
+        if not self._use_cache:
+            return {}
+        keys = {u.id: target.cache_key(self._prompts[u.case_id], u.sample_index) for u in claimed}
+        found = await ledger.cached_answers(session, list(set(keys.values())))
+        return {unit_id: found[key] for unit_id, key in keys.items() if key in found}
+
+    def _start(
+        self, job_id: uuid.UUID, lanes: list[_Lane], writer: ResultWriter, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        for lane in lanes:
+            while lane.queue and lane.in_flight < lane.target.concurrency:
+                unit, prompt = lane.queue.popleft()
+                lane.in_flight += 1
+                task = asyncio.create_task(
+                    run_request(self.runtime, writer, self.stats, job_id, lane.target, unit, prompt)
+                )
+                tasks.add(task)
+                task.add_done_callback(functools.partial(_done, lane, tasks))
+
+    async def _finished(self, job_id: uuid.UUID) -> bool:
+        async with self.sessionmaker() as session:
+            return not await ledger.open_units(session, job_id)
+
+    async def _finish(self, job_id: uuid.UUID, ending: str | None) -> str:
+        """Record the job's end. Only a job whose every unit is final is completed (or failed, if nothing worked)."""
+        async with self.sessionmaker() as session:
+            if ending == "completed":
+                state = JobState.completed if await ledger.any_succeeded(session, job_id) else JobState.failed
+                await ledger.set_job(session, job_id, state=state, finished_at=utcnow())
+                return state.value
+        return ending or "stopped"

@@ -1,0 +1,94 @@
+"""One adapter (one SDK client, one connection pool) per provider endpoint and key, per process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from service.settings import ProviderSettings
+from workers.providers import errors as e
+from workers.providers.anthropic import AnthropicAdapter
+from workers.providers.base import Adapter, AdapterOptions, ProviderError
+from workers.providers.google import GoogleAdapter
+from workers.providers.openai import OpenAIAdapter
+from workers.providers.openai_compatible import OpenAICompatibleAdapter
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "google": "https://generativelanguage.googleapis.com",
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom a config's calls go: the adapter cache key (and the rate-limit key with the model)."""
+
+    provider: str
+    base_url: str | None
+    api_key_env: str | None
+    api: str = "chat"
+
+    @classmethod
+    def of(cls, provider: str, base_url: str | None, api_key_env: str | None, params: Mapping[str, Any]) -> Endpoint:
+        return cls(provider, base_url, api_key_env, str(params.get("api", "chat")))
+
+    def limit_key(self, model: str) -> str:
+        """Rate limits hold per (provider, model, key): the key is named by its variable, never its value."""
+        return f"{self.provider}|{model}|{self.api_key_env or '-'}|{self.base_url or '-'}"
+
+
+class Adapters:
+    """Builds adapters lazily and keeps them for the life of the process."""
+
+    def __init__(self, settings: ProviderSettings, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.environ = os.environ if environ is None else environ
+        self._adapters: dict[Endpoint, Adapter] = {}
+
+    def get(self, endpoint: Endpoint) -> Adapter:
+        """The adapter for an endpoint; raises a permanent ProviderError when it cannot be used."""
+        adapter = self._adapters.get(endpoint)
+        if adapter is None:
+            adapter = self._adapters[endpoint] = self._build(endpoint)
+        return adapter
+
+    def _build(self, endpoint: Endpoint) -> Adapter:
+        url = endpoint.base_url or DEFAULT_BASE_URLS.get(endpoint.provider, "")
+        host = urlparse(url).hostname or ""
+        if self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
+            raise ProviderError("host_not_allowed", f"calls to {host!r} are not allowed here")
+        options = AdapterOptions(
+            base_url=endpoint.base_url,
+            api_key=self._key(endpoint),
+            timeout_s=self.settings.timeout_s,
+            max_connections=self.settings.max_connections,
+        )
+        if endpoint.provider == "openai":
+            return OpenAIAdapter(options, api=endpoint.api)
+        if endpoint.provider == "openai_compatible":
+            return OpenAICompatibleAdapter(options, api=endpoint.api)
+        if endpoint.provider == "anthropic":
+            return AnthropicAdapter(options)
+        if endpoint.provider == "google":
+            return GoogleAdapter(options)
+        raise ProviderError(e.BAD_REQUEST, f"unknown provider {endpoint.provider!r}")
+
+    def _key(self, endpoint: Endpoint) -> str:
+        if endpoint.api_key_env is None:
+            # an OpenAI-compatible server without auth (e.g. vLLM); the SDK still wants a non-empty key
+            return "unused"
+        key = self.environ.get(endpoint.api_key_env)
+        if not key:
+            raise ProviderError(
+                e.MISSING_KEY, f"the environment variable {endpoint.api_key_env} holding the API key is not set"
+            )
+        return key
+
+    async def aclose(self) -> None:
+        for adapter in self._adapters.values():
+            await adapter.aclose()
+        self._adapters.clear()
