@@ -438,6 +438,29 @@ def openapi_command(
     out.print(f"wrote {path}")
 
 
+@app.command("fake-provider")
+def fake_provider_command(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8900,
+    mode: Annotated[str, typer.Option(help="simulated or replay")] = "simulated",
+    replay_dir: Annotated[Path | None, typer.Option(help="a folder shaped like the study's data")] = None,
+    config: Annotated[Path | None, typer.Option(help="a JSON file of FakeConfig settings")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+) -> None:
+    """Serve the fake OpenAI / Anthropic / Gemini provider used by tests, the demo and benchmarks."""
+    from workers.providers.fake import FakeConfig, serve
+
+    values: dict[str, Any] = json.loads(config.read_text()) if config else {}
+    values["mode"] = mode
+    if replay_dir is not None:
+        values["replay_dir"] = str(replay_dir)
+    try:
+        settings = FakeConfig.model_validate(values)
+    except ValidationError as exc:
+        raise fail(str(field_errors(exc.errors(include_url=False))[0])) from None
+    out.print(f"fake provider ({settings.mode}) on http://{host}:{port}")
+    serve(settings, host=host, port=port)
+
+
 @app.command("api")
 def api_command(
     host: Annotated[str, typer.Option()] = "127.0.0.1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_DIR = Path(os.environ.get("DEFEATER_STUDY_DATA", ROOT.parent / "shared" / "data" / "blind-refusal"))
 POSTGRES_ADMIN_URL = os.environ.get("DEFEATER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Nothing in the tests may reach a real provider: the adapters refuse any host but loopback.
+os.environ["DEFEATER_PROVIDERS__ALLOWED_HOSTS"] = '["127.0.0.1", "localhost"]'
+os.environ["FAKE_PROVIDER_KEY"] = "fake-key-not-a-secret"
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +59,11 @@ async def _drop_postgres_database(name: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A fresh database per backend for the whole session, its schema built by the real migrations."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'ledger.db'}"
+@asynccontextmanager
+async def migrated_database(backend: str, folder: Path) -> AsyncIterator[str]:
+    """A new database on ``backend``, built by the real migrations, dropped afterwards."""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{folder / 'ledger.db'}"
         name = None
     else:
         name, url = await _create_postgres_database()
@@ -71,6 +75,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     finally:
         if name:
             await _drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A fresh database per backend for the whole session; tests on it are rolled back."""
+    async with migrated_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # take the write lock at the start: concurrent writers in one process wait (busy_timeout) instead of
+    # failing with SQLITE_BUSY when a read transaction tries to become a write one
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:

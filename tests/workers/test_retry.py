@@ -17,7 +17,7 @@ SETTINGS = ExecutorSettings(max_attempts=4, max_rate_limited=10, quarantine_afte
 
 def step(
     kind: RetryKind, attempts: int = 1, rate_limited: int = 0, repeats: int = 1, after: float | None = None
-) -> object:
+) -> Next:
     decision = RetryDecision(kind, "why", after)
     return next_step(decision, attempts=attempts, rate_limited=rate_limited, error_repeats=repeats, settings=SETTINGS)
 

@@ -32,6 +32,14 @@ class RunOutcome:
     stats: Stats
 
 
+@dataclass
+class _Run:
+    job_id: uuid.UUID
+    lanes: list[_Lane]
+    budget: float | None
+    spent: float
+
+
 class _Lane:
     """One config's local queue of leased units and its in-flight count."""
 
@@ -63,7 +71,26 @@ class EmbeddedExecutor:
 
     async def run_job(self, job_id: uuid.UUID, on_tick: Callable[[Stats], None] | None = None) -> RunOutcome:
         """Work on the job until every unit is final, it is cancelled or paused, or ``stop()`` is called."""
+        run = await self._prepare(job_id)
+        if isinstance(run, RunOutcome):
+            return run
         settings = self.runtime.settings.executor
+        writer = ResultWriter(self.sessionmaker, self.holder, settings.flush_interval_s, settings.flush_batch)
+        writer.start()
+        tasks: set[asyncio.Task[None]] = set()
+        ending: str | None = None
+        try:
+            ending = await self._loop(run, writer, tasks, on_tick)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.close()
+            async with self.sessionmaker() as session:
+                await ledger.release_leases(session, self.holder)
+        return RunOutcome(job_id, await self._finish(job_id, ending), self.stats)
+
+    async def _prepare(self, job_id: uuid.UUID) -> _Run | RunOutcome:
+        """Reclaim dead leases, load the job's configs, and mark it running (unless it has ended)."""
         async with self.sessionmaker() as session:
             await ledger.reclaim_leases(session, job_id)
             configs = await ledger.target_configs(session, job_id)
@@ -74,52 +101,54 @@ class EmbeddedExecutor:
             await ledger.set_job(session, job_id, state=JobState.running, started_at=utcnow(), paused_reason=None)
             spent = await ledger.spend(session, job_id)
         default = self.runtime.settings.providers.default_max_concurrency
-        lanes = [_Lane(Target.of(c, default)) for c in configs]
-        writer = ResultWriter(self.sessionmaker, self.holder, settings.flush_interval_s, settings.flush_batch)
-        writer.start()
-        tasks: set[asyncio.Task[None]] = set()
+        return _Run(job_id, [_Lane(Target.of(c, default)) for c in configs], budget, spent)
+
+    async def _loop(
+        self,
+        run: _Run,
+        writer: ResultWriter,
+        tasks: set[asyncio.Task[None]],
+        on_tick: Callable[[Stats], None] | None,
+    ) -> str | None:
+        """Claim, start and await units until the job is done; returns why the loop ended (None: stopped)."""
         ending: str | None = None
         last_check = 0.0
-        try:
-            while True:
-                if time.monotonic() - last_check > IDLE_TICK_S:
-                    last_check = time.monotonic()
-                    ending = await self._should_stop(job_id, budget, spent + self.stats.spend_usd)
-                if ending is None and not self._stopping:
-                    await self._refill(job_id, lanes, writer)
-                    self._start(job_id, lanes, writer, tasks)
-                if on_tick is not None:
-                    on_tick(self.stats)
-                if not tasks and not any(lane.queue for lane in lanes):
-                    if ending is not None or self._stopping:
-                        break
-                    await writer.flush()
-                    if await self._finished(job_id):
-                        ending = "completed"
-                        break
-                    await asyncio.sleep(IDLE_TICK_S)
-                    continue
-                if tasks:
-                    await asyncio.wait(tasks, timeout=TICK_S, return_when=asyncio.FIRST_COMPLETED)
-                else:
-                    await asyncio.sleep(TICK_S)
-        finally:
+        while True:
+            if ending is None and run.budget is not None and run.spent + self.stats.spend_usd >= run.budget:
+                ending = await self._pause(run.job_id)
+            if ending is None and time.monotonic() - last_check > IDLE_TICK_S:
+                last_check = time.monotonic()
+                ending = await self._cancelled(run.job_id)
+            if ending is not None or self._stopping:
+                for lane in run.lanes:
+                    lane.queue.clear()  # leased but not started: released at the end of the run
+            else:
+                await self._refill(run.job_id, run.lanes, writer)
+                self._start(run.job_id, run.lanes, writer, tasks)
+            if on_tick is not None:
+                on_tick(self.stats)
             if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            await writer.close()
-            async with self.sessionmaker() as session:
-                await ledger.release_leases(session, self.holder)
-        return RunOutcome(job_id, await self._finish(job_id, ending), self.stats)
+                await asyncio.wait(tasks, timeout=TICK_S, return_when=asyncio.FIRST_COMPLETED)
+            elif any(lane.queue for lane in run.lanes):
+                await asyncio.sleep(TICK_S)
+            elif ending is not None or self._stopping:
+                return ending
+            else:
+                await writer.flush()
+                if await self._finished(run.job_id):
+                    return "completed"
+                await asyncio.sleep(IDLE_TICK_S)  # only backed-off units remain: wait for them to fall due
 
-    async def _should_stop(self, job_id: uuid.UUID, budget: float | None, spent: float) -> str | None:
+    async def _cancelled(self, job_id: uuid.UUID) -> str | None:
         async with self.sessionmaker() as session:
             state, _, _ = await ledger.job_state(session, job_id)
-            if state is JobState.cancelled:
-                return "cancelled"
-            if budget is not None and spent >= budget:
-                await ledger.set_job(session, job_id, paused_reason="budget")
-                return "paused"
-        return None
+        return "cancelled" if state is JobState.cancelled else None
+
+    async def _pause(self, job_id: uuid.UUID) -> str:
+        """The budget is spent: stop starting calls (those in flight finish) and say why on the job."""
+        async with self.sessionmaker() as session:
+            await ledger.set_job(session, job_id, paused_reason="budget")
+        return "paused"
 
     async def _refill(self, job_id: uuid.UUID, lanes: list[_Lane], writer: ResultWriter) -> None:
         """Lease more units for lanes whose queue runs low: up to twice the lane's concurrency in hand."""

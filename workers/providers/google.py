@@ -28,9 +28,7 @@ _FINISH = {
 _LEVELS = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
 
 
-def build_client(options: AdapterOptions) -> genai.client.AsyncClient:
-    limits = httpx2.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_connections)
-    http = httpx2.AsyncClient(limits=limits, timeout=httpx2.Timeout(options.timeout_s, connect=10.0))
+def build_client(options: AdapterOptions, http: httpx2.AsyncClient) -> genai.client.AsyncClient:
     http_options = types.HttpOptions(
         base_url=options.base_url,
         timeout=math.ceil(options.timeout_s * 1000),  # milliseconds
@@ -52,10 +50,16 @@ class GoogleAdapter(Adapter):
     provider = "google"
 
     def __init__(self, options: AdapterOptions) -> None:
-        self.client = build_client(options)
+        limits = httpx2.Limits(
+            max_connections=options.max_connections, max_keepalive_connections=options.max_connections
+        )
+        # ours to close: the SDK does not close a client it was given
+        self.http = httpx2.AsyncClient(limits=limits, timeout=httpx2.Timeout(options.timeout_s, connect=10.0))
+        self.client = build_client(options, self.http)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        await self.http.aclose()
 
     def _config(self, spec: CallSpec) -> types.GenerateContentConfig:
         config = types.GenerateContentConfig(

@@ -26,7 +26,6 @@ class ParsedRequest:
     model: str
     system: str
     user: str
-    structured: bool = False  # asked for JSON (schema, json_object, responseMimeType)
     tool_name: str | None = None  # Anthropic forced tool use: answer with this tool
     wants_reasoning: bool = True  # the request does not turn reasoning text off (see parse.py)
 

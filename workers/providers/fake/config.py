@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -48,6 +48,13 @@ class ModelProfile(_Strict):
     harm: float | None = Field(None, ge=0, le=1)
     reasoning: bool | None = None
 
+    @model_validator(mode="after")
+    def _some_share(self) -> ModelProfile:
+        shares = (self.helps, self.hard_refusal, self.deflection)
+        if all(share is not None for share in shares) and sum(s or 0.0 for s in shares) <= 0:
+            raise ValueError("at least one of helps, hard_refusal and deflection must have a share above 0")
+        return self
+
 
 class FakeConfig(_Strict):
     """Everything the fake provider can be told, at start or at run time (``PUT /_fake/config``)."""
@@ -64,6 +71,12 @@ class FakeConfig(_Strict):
     judge_invalid_rate: float = Field(0.0, ge=0, le=1)
     honour_idempotency_key: bool = True
 
+    @model_validator(mode="after")
+    def _replay_needs_a_folder(self) -> FakeConfig:
+        if self.mode == "replay" and not self.replay_dir:
+            raise ValueError("replay mode needs `replay_dir` (a folder shaped like the study's data)")
+        return self
+
 
 # sections merged key by key by a partial update; every other key is replaced whole
 _MERGED = ("latency", "faults")
@@ -73,6 +86,8 @@ def merge_config(config: FakeConfig, patch: dict[str, Any]) -> FakeConfig:
     """A new config: ``patch`` over ``config``. ``latency`` and ``faults`` merge field by field; others replace."""
     data = config.model_dump()
     for key, value in patch.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump(exclude_unset=True)
         if key in _MERGED and isinstance(value, dict):
             data[key] = {**data[key], **value}
         else:

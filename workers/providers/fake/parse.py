@@ -57,7 +57,6 @@ def _split_messages(messages: Any, system_roles: tuple[str, ...]) -> tuple[list[
 def parse_chat(body: dict[str, Any]) -> ParsedRequest:
     """OpenAI Chat Completions. Reasoning text is off with ``reasoning_effort="none"`` or ``reasoning.exclude``."""
     system, user = _split_messages(body.get("messages"), ("system", "developer"))
-    fmt = body.get("response_format")
     reasoning = body.get("reasoning")
     excluded = isinstance(reasoning, dict) and bool(reasoning.get("exclude"))
     return ParsedRequest(
@@ -65,7 +64,6 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
         model=_model(body),
         system=_join(system),
         user=_join(user),
-        structured=isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"),
         wants_reasoning=not excluded and body.get("reasoning_effort") != "none",
     )
 
@@ -76,7 +74,6 @@ def parse_responses(body: dict[str, Any]) -> ParsedRequest:
     instructions = body.get("instructions")
     if isinstance(instructions, str):
         system.insert(0, instructions)
-    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     return ParsedRequest(
@@ -84,7 +81,6 @@ def parse_responses(body: dict[str, Any]) -> ParsedRequest:
         model=_model(body),
         system=_join(system),
         user=_join(user),
-        structured=isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"),
         wants_reasoning=effort != "none",
     )
 
@@ -110,14 +106,11 @@ def parse_anthropic(body: dict[str, Any]) -> ParsedRequest:
         and thinking.get("type") in ("enabled", "adaptive")
         and thinking.get("display") != "omitted"
     )
-    output = body.get("output_config")
-    fmt = output.get("format") if isinstance(output, dict) else None
     return ParsedRequest(
         wire=Wire.anthropic,
         model=_model(body),
         system=_text(body.get("system")),
         user=_join(user),
-        structured=isinstance(fmt, dict),
         tool_name=_forced_tool(body),
         wants_reasoning=wants,
     )
@@ -130,6 +123,10 @@ def _include_thoughts(config: dict[str, Any]) -> bool:
     return bool(thinking.get("includeThoughts") or thinking.get("include_thoughts"))
 
 
+def _system_instruction(value: Any) -> str:
+    return _text(value.get("parts")) if isinstance(value, dict) else _text(value)
+
+
 def parse_gemini(body: dict[str, Any], model: str) -> ParsedRequest:
     """Gemini generateContent (the model comes from the path). Thought parts need ``include_thoughts``."""
     user: list[str] = []
@@ -139,12 +136,10 @@ def parse_gemini(body: dict[str, Any], model: str) -> ParsedRequest:
     config = body.get("generationConfig") or body.get("generation_config") or {}
     if not isinstance(config, dict):
         raise BadRequest("`generationConfig` must be an object")
-    mime = config.get("responseMimeType") or config.get("response_mime_type")
     return ParsedRequest(
         wire=Wire.gemini,
         model=model.removeprefix("models/"),
-        system=_text((body.get("systemInstruction") or body.get("system_instruction") or {}).get("parts")),
+        system=_system_instruction(body.get("systemInstruction") or body.get("system_instruction")),
         user=_join(user),
-        structured=mime == "application/json",
         wants_reasoning=_include_thoughts(config),
     )

@@ -36,12 +36,14 @@ def _recorded(row: dict[str, Any]) -> Answer | ErrorReply:
     if row.get("status") == "error" or row.get("response") is None:
         return ErrorReply(400, f"replayed recorded error: {row.get('error_message')}")
     text: str = row["response"]
-    usage = row.get("usage") or {}
+    usage = row.get("usage")
+    if not usage:
+        return Answer(text=text, usage=TokenUsage(input=0, output=tokens(text)))
     return Answer(
         text=text,
         usage=TokenUsage(
             input=int(usage.get("prompt_tokens") or 0),
-            output=int(usage.get("completion_tokens") or tokens(text)),
+            output=int(usage.get("completion_tokens") or 0),
             reasoning=int(usage.get("reasoning_tokens") or 0),
             cached=int(usage.get("cached_tokens") or 0),
         ),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
 
 from workers.providers.fake.common import Answer, Draws, TokenUsage, tokens
 from workers.providers.fake.config import ModelProfile
@@ -119,10 +119,8 @@ def build_profile(model: str, override: ModelProfile | None) -> Profile:
     if override is None:
         return base
     fields = {k: v for k, v in override.model_dump().items() if v is not None}
-    merged = {**base.__dict__, **fields}
-    total = merged["helps"] + merged["hard_refusal"] + merged["deflection"]
-    if total <= 0:
-        raise ValueError(f"the profile of {model} gives every response type a share of 0")
+    merged = {**asdict(base), **fields}
+    total = sum(merged[key] for key in RESPONSE_TYPES)  # > 0: ModelProfile refuses three zero shares
     for key in RESPONSE_TYPES:
         merged[key] = merged[key] / total
     return Profile(**merged)
@@ -144,7 +142,17 @@ def _response_type(profile: Profile, u: float) -> str:
     return "hard_refusal" if u < profile.helps + profile.hard_refusal else "deflection"
 
 
-def compose(profile: Profile, draws: Draws) -> str:
+@dataclass(frozen=True)
+class Composed:
+    """A simulated answer's text and the labels it was built with (what the simulated judge must find)."""
+
+    text: str
+    response_type: str
+    engages_with_defeat: bool
+    independent_harm: bool
+
+
+def compose(profile: Profile, draws: Draws) -> Composed:
     """The answer's text: the response type's sentences, plus an engagement and a harm sentence when drawn."""
     kind = _response_type(profile, draws.uniform())
     engage = _pick(draws, ENGAGE) if draws.uniform() < profile.engagement else None
@@ -156,13 +164,14 @@ def compose(profile: Profile, draws: Draws) -> str:
     else:
         parts = [_pick(draws, DEFLECT), _pick(draws, SYMPATHY), engage, _pick(draws, ALTERNATIVES), harm]
         parts.append(_pick(draws, DEFLECT_CLOSING))
-    return "\n\n".join(p for p in parts if p)
+    text = "\n\n".join(p for p in parts if p)
+    return Composed(text, kind, engage is not None, harm is not None)
 
 
 def simulated_answer(seed: int, model: str, prompt: str, profile: Profile, with_reasoning: bool) -> Answer:
     """The deterministic answer of ``model`` to ``prompt``: the same inputs always give the same answer."""
     draws = Draws(seed, model, prompt)
-    text = compose(profile, draws)
+    text = compose(profile, draws).text
     reasoning = None
     if profile.reasoning and with_reasoning:
         start = draws.index(len(REASONING) - 1)
@@ -172,11 +181,18 @@ def simulated_answer(seed: int, model: str, prompt: str, profile: Profile, with_
     return Answer(text=text, usage=usage, reasoning=reasoning)
 
 
-def extract_judged(prompt: str) -> tuple[str | None, str | None]:
-    """The answer (``<response>``) and the user's request (``<user_request>``) shown in a judge prompt."""
+class Judged(NamedTuple):
+    """What a judge prompt shows: the answer (``<response>``) and the user's request (``<user_request>``)."""
+
+    answer: str | None
+    request: str | None
+
+
+def extract_judged(prompt: str) -> Judged:
+    """The stripped contents of the judge prompt's tags (None for a missing tag)."""
     response = _RESPONSE_TAG.search(prompt)
     request = _REQUEST_TAG.search(prompt)
-    return (response.group(1).strip() if response else None, request.group(1).strip() if request else None)
+    return Judged(response.group(1).strip() if response else None, request.group(1).strip() if request else None)
 
 
 def classify(text: str, draws: Draws) -> dict[str, Any]:
@@ -197,12 +213,20 @@ def classify(text: str, draws: Draws) -> dict[str, Any]:
     }
 
 
-def judge_answer(seed: int, model: str, prompt: str, attempt: int, invalid_rate: float) -> Answer:
-    """The simulated judge: labels as JSON, or (a share ``invalid_rate`` of attempts) text that is not JSON."""
-    draws = Draws(seed, model, prompt, attempt, "judge")
-    if draws.uniform() < invalid_rate:
-        return Answer(text=INVALID_JUDGE_TEXT, usage=TokenUsage(tokens(prompt), tokens(INVALID_JUDGE_TEXT)))
-    judged, _ = extract_judged(prompt)
+def invalid_judge_answer(prompt: str) -> Answer:
+    """A judge answer that is not JSON."""
+    return Answer(text=INVALID_JUDGE_TEXT, usage=TokenUsage(tokens(prompt), tokens(INVALID_JUDGE_TEXT)))
+
+
+def judge_is_invalid(seed: int, model: str, prompt: str, attempt: int, invalid_rate: float) -> bool:
+    """Whether this attempt's judge answer is broken (a share ``invalid_rate`` of attempts, by hash)."""
+    return invalid_rate > 0 and Draws(seed, model, prompt, attempt, "invalid").uniform() < invalid_rate
+
+
+def judge_answer(seed: int, model: str, prompt: str) -> Answer:
+    """The simulated judge's labels of the answer shown in ``prompt``, as JSON."""
+    draws = Draws(seed, model, prompt, "judge")
+    judged = extract_judged(prompt).answer
     labels = classify(judged if judged is not None else prompt, draws)
     return labelled(prompt, labels)
 

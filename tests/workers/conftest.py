@@ -1,0 +1,102 @@
+"""Fixtures for the execution engine: a committed ledger per backend, the fake provider, job factories."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.datasets.service import ensure_starter
+from service.db.session import create_engine, create_sessionmaker
+from service.jobs.schemas import JobCreate, JobFilters
+from service.jobs.service import create_job
+from service.model_configs.schemas import ModelConfigCreate
+from service.model_configs.service import register
+from service.settings import ExecutorSettings, Settings
+from tests.conftest import migrated_database
+from tests.workers.processes import fake_process, run_env  # noqa: F401  (fixtures)
+from workers.providers.fake import FakeConfig, FakeProvider
+
+BASE_PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "google": ""}
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+async def ledger_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A database whose writes are committed (the executor runs many sessions at once), per backend."""
+    async with migrated_database(request.param, tmp_path_factory.mktemp("ledger")) as url:
+        yield url
+
+
+@pytest.fixture
+async def ledger(ledger_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(Settings(database_url=ledger_url))
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session:
+        await ensure_starter(session)
+        await session.commit()
+    yield sessionmaker
+    await engine.dispose()
+
+
+@pytest.fixture
+def work_settings(ledger_url: str) -> Settings:
+    """Fast retries and small batches so that tests see every path quickly."""
+    return Settings(
+        database_url=ledger_url,
+        executor=ExecutorSettings(
+            backoff_base_s=0.01, backoff_cap_s=0.05, flush_interval_s=0.02, max_attempts=8, quarantine_after=5
+        ),
+    )
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProvider]:
+    async with FakeProvider(FakeConfig()) as server:
+        yield server
+
+
+@dataclass
+class JobMaker:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings
+
+    async def __call__(
+        self,
+        fake: FakeProvider,
+        models: list[tuple[str, str]],
+        *,
+        limit: int | None = 12,
+        limits: dict[str, Any] | None = None,
+        dataset_id: uuid.UUID | None = None,
+        params: dict[str, Any] | None = None,
+        **job: Any,
+    ) -> uuid.UUID:
+        """A job over ``limit`` starter cases for (provider, model) configs pointed at the fake."""
+        async with self.sessionmaker() as session:
+            ids = []
+            for provider, model in models:
+                body = ModelConfigCreate(
+                    name=f"{provider}-{model}-{uuid.uuid4().hex[:6]}",
+                    provider=provider,  # type: ignore[arg-type]
+                    model=model,
+                    base_url=fake.url + BASE_PATHS[provider],
+                    api_key_env="FAKE_PROVIDER_KEY",
+                    params=params or {},  # type: ignore[arg-type]
+                    limits=limits or {},  # type: ignore[arg-type]
+                )
+                ids.append((await register(session, body)).config.id)
+            if dataset_id is None:
+                dataset_id = (await ensure_starter(session)).id
+            body_ = JobCreate(dataset_id=dataset_id, model_config_ids=ids, filters=JobFilters(limit=limit), **job)
+            created = await create_job(session, body_, self.settings)
+            await session.commit()
+            return created.job.id
+
+
+@pytest.fixture
+def make_job(ledger: async_sessionmaker[AsyncSession], work_settings: Settings) -> Callable[..., Any]:
+    return JobMaker(ledger, work_settings)

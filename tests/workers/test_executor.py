@@ -1,0 +1,180 @@
+"""The embedded executor against the fake provider, through the real SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.db.models import Job, JobState, Request, Response, UnitState
+from service.settings import Settings
+from workers.executor.embedded import EmbeddedExecutor, RunOutcome
+from workers.providers.fake import FakeConfig, FakeProvider
+from workers.tasks import Runtime
+
+WIRES = [("openai", "fake-gpt"), ("anthropic", "fake-claude"), ("google", "fake-gemini")]
+
+
+async def run(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, job_id: uuid.UUID) -> RunOutcome:
+    runtime = Runtime.build(settings)
+    try:
+        return await EmbeddedExecutor(runtime, sessionmaker).run_job(job_id)
+    finally:
+        await runtime.adapters.aclose()
+
+
+async def states(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> dict[str, int]:
+    async with sessionmaker() as session:
+        query = select(Request.state, func.count()).where(Request.job_id == job_id).group_by(Request.state)
+        return {UnitState(s).value: n for s, n in (await session.execute(query)).all()}
+
+
+async def responses(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> list[Response]:
+    async with sessionmaker() as session:
+        return list((await session.execute(select(Response).where(Response.job_id == job_id))).scalars())
+
+
+async def test_every_wire_format_completes_a_job(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any
+) -> None:
+    job_id = await make_job(fake, WIRES)
+    outcome = await run(ledger, work_settings, job_id)
+    assert outcome.state == "completed"
+    assert await states(ledger, job_id) == {"succeeded": 36}
+    stored = await responses(ledger, job_id)
+    assert len(stored) == 36
+    assert all(r.text and r.input_tokens and r.output_tokens and r.latency_ms is not None for r in stored)
+    assert all(r.provider_request_id for r in stored)
+    ledger_ = await fake.ledger()
+    assert ledger_["successes"] == 36 and ledger_["duplicate_successes"] == 0
+    async with ledger() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None and job.state.value == "completed" and job.finished_at is not None
+
+
+async def test_faults_at_ten_percent_each_still_finish_every_request(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, make_job: Any
+) -> None:
+    faults = {
+        "rate_429": 0.1, "rate_500": 0.1, "rate_529": 0.1, "rate_hang": 0.1, "rate_drop": 0.1,
+        "rate_malformed": 0.1, "rate_content_filter": 0.1,
+    }  # fmt: skip
+    settings = work_settings.model_copy(
+        update={"providers": work_settings.providers.model_copy(update={"timeout_s": 1.0})}
+    )
+    async with FakeProvider(FakeConfig(faults=faults, hang_s=3.0, seed=7)) as fake:
+        job_id = await make_job(fake, WIRES, limit=15)
+        outcome = await run(ledger, settings, job_id)
+        counts = await states(ledger, job_id)
+        assert outcome.state == "completed"
+        assert sum(counts.values()) == 45 and set(counts) <= {"succeeded", "failed"}
+        assert counts["succeeded"] >= 35
+        async with ledger() as session:
+            failed = (
+                await session.execute(
+                    select(Request).where(Request.job_id == job_id, Request.state == UnitState.failed)
+                )
+            ).scalars()
+            assert all(r.failure_reason and r.failure_detail for r in failed)
+        filtered = [r for r in await responses(ledger, job_id) if r.outcome.value == "content_filtered"]
+        assert filtered and all(r.finish_reason == "content_filter" for r in filtered)
+        assert (await fake.ledger())["duplicate_successes"] == 0
+
+
+async def test_a_permanent_error_fails_at_once_with_its_reason(
+    ledger: async_sessionmaker[AsyncSession],
+    work_settings: Settings,
+    fake: FakeProvider,
+    make_job: Any,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.delenv("FAKE_PROVIDER_KEY")
+    job_id = await make_job(fake, [("openai", "fake-gpt")], limit=3)
+    outcome = await run(ledger, work_settings, job_id)
+    assert outcome.state == "failed"
+    async with ledger() as session:
+        rows = (await session.execute(select(Request).where(Request.job_id == job_id))).scalars().all()
+    assert {r.failure_reason for r in rows} == {"missing_key"}
+    assert all("FAKE_PROVIDER_KEY" in (r.failure_detail or "") for r in rows)
+    assert all(r.attempts == 1 for r in rows)
+
+
+async def test_an_identical_call_is_reused_not_paid_again(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any
+) -> None:
+    first = await make_job(fake, [("openai", "fake-reuse")], limit=5)
+    await run(ledger, work_settings, first)
+    second = await make_job(fake, [("openai", "fake-reuse")], limit=5)
+    outcome = await run(ledger, work_settings, second)
+    assert outcome.stats.reused == 5 and outcome.stats.calls == 0
+    reused = await responses(ledger, second)
+    originals = {r.request_id: r.text for r in await responses(ledger, first)}
+    assert all(r.reused_from in originals and r.text == originals[r.reused_from] and r.cost_usd == 0 for r in reused)
+    fresh = await make_job(fake, [("openai", "fake-reuse")], limit=5, use_cache=False)
+    assert (await run(ledger, work_settings, fresh)).stats.calls == 5
+
+
+async def test_rate_limits_hold_and_a_429_pauses_the_key(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, make_job: Any
+) -> None:
+    async with FakeProvider(FakeConfig(limits={"*": {"rpm": 120}})) as fake:
+        job_id = await make_job(fake, [("openai", "fake-paced")], limit=10, limits={"rpm": 120})
+        outcome = await run(ledger, work_settings, job_id)
+        entry = (await fake.ledger())["by_model"]["fake-paced"]
+        assert outcome.state == "completed" and entry["successes"] == 10
+        assert entry["rate_limited"] == 0
+        # n successes span n - 1 gaps: the even pacing gives (n - 1) / span <= the limit
+        assert entry["achieved_rpm"] * 9 / 10 <= 120
+    async with FakeProvider(FakeConfig(faults={"rate_429": 0.4}, seed=3)) as fake:
+        # 429s with `retry-after: 1`: the key pauses for everyone, the requests wait and then succeed
+        job_id = await make_job(fake, [("anthropic", "fake-overdriven")], limit=6)
+        started = time.monotonic()
+        outcome = await run(ledger, work_settings, job_id)
+        assert outcome.state == "completed" and outcome.stats.rate_limited >= 1
+        assert time.monotonic() - started >= 1.0
+        assert await states(ledger, job_id) == {"succeeded": 6}
+        async with ledger() as session:
+            query = select(func.sum(Request.rate_limited), func.max(Request.attempts)).where(Request.job_id == job_id)
+            limited, attempts = (await session.execute(query)).one()
+        assert limited == outcome.stats.rate_limited and attempts >= 2
+
+
+async def test_a_budget_pauses_the_job_and_resume_continues(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any
+) -> None:
+    job_id = await make_job(fake, [("openai", "fake-budget")], limit=20, budget_usd=1e-9, limits={"max_concurrency": 2})
+    outcome = await run(ledger, work_settings, job_id)
+    assert outcome.state == "paused"
+    counts = await states(ledger, job_id)
+    assert counts.get("pending", 0) >= 16 and "leased" not in counts  # the calls in flight finished, no more
+    async with ledger() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None and job.paused_reason == "budget"
+        job.budget_usd = 100.0
+        await session.commit()
+    assert (await run(ledger, work_settings, job_id)).state == "completed"
+    assert await states(ledger, job_id) == {"succeeded": 20}
+    assert (await fake.ledger())["duplicate_successes"] == 0
+
+
+async def test_cancel_stops_dispatching_and_keeps_what_finished(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, make_job: Any
+) -> None:
+    async with FakeProvider(FakeConfig(latency={"distribution": "fixed", "mean_s": 0.2})) as fake:
+        job_id = await make_job(fake, [("openai", "fake-slow")], limit=60, limits={"max_concurrency": 4})
+        task = asyncio.create_task(run(ledger, work_settings, job_id))
+        await asyncio.sleep(0.8)
+        async with ledger() as session:
+            job = await session.get(Job, job_id)
+            assert job is not None
+            job.state = JobState.cancelled
+            await session.commit()
+        outcome = await task
+    assert outcome.state == "cancelled"
+    counts = await states(ledger, job_id)
+    assert 0 < counts["succeeded"] < 60 and "leased" not in counts
+    assert len(await responses(ledger, job_id)) == counts["succeeded"]
