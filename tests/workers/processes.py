@@ -74,3 +74,12 @@ def start_run(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], s
     first = process.stdout.readline()
     assert first.startswith("job "), first + (process.stderr.read() if process.stderr else "")
     return process, first.split()[1].rstrip(":")
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a process started by ``start_run`` and close its pipes."""
+    process.kill()
+    process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()

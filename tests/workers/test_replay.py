@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.workers.processes import BIN, ledger, start_run
+from tests.workers.processes import BIN, kill, ledger, start_run
 
 # slug -> the wire format it is replayed over
 WIRES = {
@@ -50,8 +48,7 @@ def test_replaying_the_six_recorded_models_stores_every_answer_verbatim(
     process, job_id = start_run(run_env, "--dataset", "study", *models)
     while ledger(url)["successes"] < 2_000:
         time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill(process)
     resumed = subprocess.run(
         [str(BIN / "defeater"), "run", "--resume", job_id, "--format", "json"],
         env=run_env, capture_output=True, text=True, timeout=600,
