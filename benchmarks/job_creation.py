@@ -47,7 +47,8 @@ async def _measure(url: str, repeat: int) -> list[float]:
                 configs.append((await client.post("/v1/model-configs", json=body)).json()["id"])
             for _ in range(repeat):
                 started = time.perf_counter()
-                response = await client.post("/v1/jobs", json={"dataset_id": dataset["id"], "model_config_ids": configs})
+                body = {"dataset_id": dataset["id"], "model_config_ids": configs}
+                response = await client.post("/v1/jobs", json=body)
                 timings.append(time.perf_counter() - started)
                 job = response.json()
                 assert response.status_code == 202 and job["request_count"] == 23_220, response.text

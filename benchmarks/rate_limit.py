@@ -74,13 +74,17 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
             ids = []
             for i in range(models):
                 body = ModelConfigCreate.model_validate(
-                    {"name": f"bench-{i}", "provider": "openai", "model": f"fake-bench-{i}", "base_url": fake.url + "/v1",
-                     "api_key_env": "FAKE_PROVIDER_KEY", "limits": {"rpm": rpm}}
-                )  # fmt: skip
+                    {
+                        "name": f"bench-{i}",
+                        "provider": "openai",
+                        "model": f"fake-bench-{i}",
+                        "base_url": fake.url + "/v1",
+                        "api_key_env": "FAKE_PROVIDER_KEY",
+                        "limits": {"rpm": rpm},
+                    }
+                )
                 ids.append((await register(session, body)).config.id)
-            job = await create_job(
-                session, JobCreate(dataset_id=dataset.dataset.id, model_config_ids=ids), settings
-            )
+            job = await create_job(session, JobCreate(dataset_id=dataset.dataset.id, model_config_ids=ids), settings)
             await session.commit()
             runtime = Runtime.build(settings)
             cpu0, t0 = _cpu_s(), time.monotonic()
@@ -89,7 +93,7 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
             await runtime.adapters.aclose()
             book = await fake.ledger()
         await engine.dispose()
-    per_model = {name: entry for name, entry in book["by_model"].items()}
+    per_model = dict(book["by_model"])
     total_calls = book["calls"]
     floor = calls / (rpm / 60)
     return {

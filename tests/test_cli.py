@@ -92,3 +92,38 @@ async def test_postgres_needs_db_upgrade_first(env_without_defeater: dict[str, s
         assert run(env, "jobs", "list").returncode == 0
     finally:
         await _drop_postgres_database(name)
+
+
+def test_the_fake_provider_command_serves_until_stopped(env_without_defeater: dict[str, str]) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [DEFEATER, "fake-provider", "--port", str(port)], env=env_without_defeater,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                book = httpx.get(f"http://127.0.0.1:{port}/_fake/ledger", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the fake provider did not start"
+                time.sleep(0.1)
+        assert book["calls"] == 0
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", headers={"Authorization": "Bearer x"},
+            json={"model": "fake-x", "messages": [{"role": "user", "content": "hello"}]}, timeout=5,
+        ).json()  # fmt: skip
+        assert answer["choices"][0]["message"]["content"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    bad = run(env_without_defeater, "fake-provider", "--mode", "telepathy")
+    assert_clean_failure(bad, "mode")

@@ -88,6 +88,14 @@ async def test_every_fault_is_classified(
         assert error.reason == ("overloaded" if provider == "anthropic" else "server_error")
 
 
+@pytest.mark.parametrize("provider", ["openai", "openai_compatible"])
+async def test_an_http_200_carrying_an_error_is_an_error(adapters: Adapters, provider: str) -> None:
+    async with FakeProvider(FakeConfig(faults={"rate_error_body": 1.0})) as fake:
+        error = await error_of(adapters, fake, provider)
+    assert error.status == 502 and error.reason == "server_error" and "Upstream" in error.message
+    assert classify(error).kind is RetryKind.transient
+
+
 @pytest.mark.parametrize(("provider", "api"), WIRES)
 async def test_a_call_past_the_timeout_is_a_timeout(adapters: Adapters, provider: str, api: str) -> None:
     async with FakeProvider(FakeConfig(faults={"rate_hang": 1.0}, hang_s=4.0)) as fake:

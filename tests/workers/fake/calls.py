@@ -45,7 +45,7 @@ async def gemini(sdks: SDKs, model: str, user: str, system: str | None = None, *
 
 
 @functools.cache
-def _responses(slug: str) -> list[dict[str, Any]]:
+def responses_of(slug: str) -> list[dict[str, Any]]:
     with gzip.open(STUDY / "responses" / f"{slug}.jsonl.gz", "rt") as handle:
         return [json.loads(line) for line in handle]
 
@@ -59,14 +59,14 @@ def queries() -> dict[str, str]:
 
 def recorded(slug: str, status: str = "success", skip: int = 0) -> tuple[dict[str, Any], str]:
     """A recorded response row of the study (the ``skip``-th with this status) and the user query of its case."""
-    row = [r for r in _responses(slug) if r["status"] == status][skip]
+    row = [r for r in responses_of(slug) if r["status"] == status][skip]
     return row, queries()[row["case_id"]]
 
 
 def unjudged(slug: str) -> tuple[dict[str, Any], str]:
     """A recorded answer whose judgement the study dropped."""
     labels = judgements(slug)
-    row = next(r for r in _responses(slug) if r["status"] == "success" and r["case_id"] not in labels)
+    row = next(r for r in responses_of(slug) if r["status"] == "success" and r["case_id"] not in labels)
     return row, queries()[row["case_id"]]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tests.workers.fake.calls import STUDY, judgements, recorded
+from tests.workers.fake.calls import STUDY, judgements, queries, recorded, responses_of
 from workers.providers.fake import FakeConfig, LimitConfig, ModelProfile
 from workers.providers.fake.common import Draws, ErrorReply, Wire
 from workers.providers.fake.config import merge_config
@@ -109,6 +109,8 @@ def test_partial_config_merges_faults_and_replaces_limits() -> None:
         merge_config(config, {"mode": "replay"})  # replay needs a folder
     with pytest.raises(ValidationError):
         FakeConfig(faults={"rate_typo": 1})
+    with pytest.raises(ValidationError):
+        ModelProfile(helps=0, hard_refusal=0, deflection=0)
 
 
 def test_replay_index() -> None:
@@ -122,3 +124,17 @@ def test_replay_index() -> None:
     assert labels is not None and labels["reasoning"] == recorded_labels["reasoning"]
     missing = store.answer("gemini-3-1-pro", "nobody asked this")
     assert isinstance(missing, ErrorReply) and missing.status == 404
+
+
+def test_replay_usage_is_the_recorded_usage_for_every_answer() -> None:
+    store = ReplayStore.load(STUDY)
+    for slug in store.slugs:
+        for row in responses_of(slug):
+            answer = store.answer(slug, queries()[row["case_id"]])
+            if row["status"] == "error":
+                assert isinstance(answer, ErrorReply) and answer.status == 400
+                continue
+            assert not isinstance(answer, ErrorReply) and answer.text == row["response"]
+            usage = row["usage"]
+            recorded_usage = (usage["prompt_tokens"], usage["completion_tokens"], usage["reasoning_tokens"])
+            assert (answer.usage.input, answer.usage.output, answer.usage.reasoning) == recorded_usage

@@ -41,7 +41,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 _ROUTES = {"/v1/chat/completions": Wire.chat, "/v1/responses": Wire.responses, "/v1/messages": Wire.anthropic}
 _GEMINI_PATH = re.compile(r"^/v1(?:beta)?/(?:models/)?(?P<model>[^:]+):generateContent$")
-_FAULTS = ("hang", "drop", "429", "500", "529", "malformed", "content_filter")
+_FAULTS = ("hang", "drop", "429", "500", "529", "malformed", "content_filter", "error_body")
+_ERROR_BODY = b'{"error": {"code": 502, "message": "Upstream provider error (injected)", "metadata": {}}}'
 _MALFORMED_BODY = b'{"id": "fake-malformed", "choices": [{"message": {"content": "trunc'
 _JSON = (b"content-type", b"application/json")
 
@@ -298,6 +299,12 @@ class FakeApp:
             return "drop"
         if fault in ("429", "500", "529"):
             return await self._fault_status(call, send, int(fault))
+        if fault == "error_body" and call.req.wire is Wire.chat:
+            # OpenRouter after routing: HTTP 200 whose body is an error, not an answer
+            await _send(send, 200, _ERROR_BODY, wire.id_headers(call.req.wire, call.request_id))
+            return "error_body"
+        if fault == "error_body":
+            return await self._error(call, send, 502, "Upstream error (injected).")
         if fault == "malformed":
             await _send(send, 200, _MALFORMED_BODY, wire.id_headers(call.req.wire, call.request_id))
             return "malformed"
@@ -373,7 +380,16 @@ class FakeApp:
     def _fault(self, call: _Call) -> str | None:
         """The fault of this attempt, drawn from (seed, model, prompt, attempt); shares add up in _FAULTS order."""
         f = self.config.faults
-        rates = (f.rate_hang, f.rate_drop, f.rate_429, f.rate_500, f.rate_529, f.rate_malformed, f.rate_content_filter)
+        rates = (
+            f.rate_hang,
+            f.rate_drop,
+            f.rate_429,
+            f.rate_500,
+            f.rate_529,
+            f.rate_malformed,
+            f.rate_content_filter,
+            f.rate_error_body,
+        )
         if not any(rates):
             return None
         draw = Draws(self.config.seed, call.req.model, call.prompt_sha256, call.attempt, "fault").uniform()

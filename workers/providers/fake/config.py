@@ -36,6 +36,8 @@ class FaultConfig(_Strict):
     rate_529: float = Field(0.0, ge=0, le=1)
     rate_malformed: float = Field(0.0, ge=0, le=1)
     rate_content_filter: float = Field(0.0, ge=0, le=1)
+    # OpenAI chat: HTTP 200 with an `error` body (OpenRouter after routing); other formats: a 502
+    rate_error_body: float = Field(0.0, ge=0, le=1)
 
 
 class ModelProfile(_Strict):
