@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from service.db.base import utcnow
 from service.db.models import ModelConfig, Outcome, Response, UnitState
 from service.settings import Settings
-from workers.executor.ledger import Claimed
+from workers.executor.ledger import Claimed, JudgeContext
 from workers.executor.writer import ResultWriter, UnitUpdate
+from workers.judge.prompt import PROMPT_VERSION, SCHEMA, SCHEMA_NAME, CaseView, parse, render
+from workers.judge.prompt import SYSTEM as JUDGE_SYSTEM
 from workers.limits import KeyLimits, Limits
 from workers.providers.base import CallResult, CallSpec, ProviderError, RetryKind
 from workers.providers.errors import classify
@@ -80,6 +82,8 @@ class Stats:
     reused: int = 0
     retries: int = 0
     rate_limited: int = 0
+    judged: int = 0
+    unscorable: int = 0
     calls: int = 0
     in_flight: int = 0
     spend_usd: float = 0.0
@@ -154,11 +158,8 @@ def reused_row(job_id: uuid.UUID, target: Target, unit: Claimed, earlier: Respon
     }
 
 
-async def run_request(
-    runtime: Runtime, writer: ResultWriter, stats: Stats, job_id: uuid.UUID, target: Target, unit: Claimed, prompt: str
-) -> None:
-    """Call the provider for one leased request and hand the outcome to the writer. Never raises."""
-    spec = target.spec(prompt, idempotency_key=str(unit.id))
+async def _call(runtime: Runtime, stats: Stats, target: Target, spec: CallSpec) -> CallResult | ProviderError:
+    """One call under the target's key limits; every failure comes back as a ProviderError, never raised."""
     estimate = spec.estimated_tokens()
     key_limits = runtime.key_limits(target)
     stats.in_flight += 1
@@ -168,14 +169,26 @@ async def run_request(
         stats.calls += 1
         result = await adapter.call(spec)
     except ProviderError as exc:
-        _failed(runtime, writer, stats, unit, exc, key_limits)
-        return
+        if classify(exc).kind is RetryKind.rate_limited:
+            stats.rate_limited += 1
+            key_limits.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)
+        return exc
     except Exception as exc:  # a bug must become a failed unit with its reason, not a lost task
-        _failed(runtime, writer, stats, unit, ProviderError("internal_error", repr(exc)), key_limits)
-        return
+        return ProviderError("internal_error", repr(exc))
     finally:
         stats.in_flight -= 1
     key_limits.settle(estimate, result.usage.total or None)
+    return result
+
+
+async def run_request(
+    runtime: Runtime, writer: ResultWriter, stats: Stats, job_id: uuid.UUID, target: Target, unit: Claimed, prompt: str
+) -> None:
+    """Call the provider for one leased request and hand the outcome to the writer. Never raises."""
+    result = await _call(runtime, stats, target, target.spec(prompt, idempotency_key=str(unit.id)))
+    if isinstance(result, ProviderError):
+        writer.add(failure_update(runtime, stats, unit, result))
+        return
     row = response_row(job_id, target, unit, result, target.cache_key(prompt, unit.sample_index))
     row["cost_usd"] = runtime.prices.cost(target.model, result.usage)
     stats.spend_usd += row["cost_usd"] or 0.0
@@ -183,17 +196,65 @@ async def run_request(
     writer.add(UnitUpdate(unit.id, UnitState.succeeded, rate_limited=unit.rate_limited), row)
 
 
-def _failed(
-    runtime: Runtime, writer: ResultWriter, stats: Stats, unit: Claimed, exc: ProviderError, key_limits: KeyLimits
+async def run_judgement(
+    runtime: Runtime,
+    writer: ResultWriter,
+    stats: Stats,
+    judge: Target,
+    unit: Claimed,
+    context: JudgeContext,
 ) -> None:
+    """Ask the judge about one answer; store a validated verdict, or retry, or mark it unscorable. Never raises."""
+    case = CaseView(context.rule, context.defeat_condition, context.family, context.authority_type, context.request)
+    spec = replace(
+        judge.spec(render(case, context.answer, context.reasoning), idempotency_key=str(unit.id)),
+        system=judge.params.get("system_prompt") or JUDGE_SYSTEM,
+        response_schema=SCHEMA,
+        schema_name=SCHEMA_NAME,
+    )
+    result = await _call(runtime, stats, judge, spec)
+    if isinstance(result, ProviderError):
+        writer.add_judgement(failure_update(runtime, stats, unit, result))
+        return
+    cost = runtime.prices.cost(judge.model, result.usage)
+    stats.spend_usd += cost or 0.0
+    values: dict[str, Any] = {
+        "raw_text": result.text,
+        "prompt_version": PROMPT_VERSION,
+        "input_tokens": result.usage.input_tokens,
+        "output_tokens": result.usage.output_tokens,
+        "latency_ms": result.latency_ms,
+        "cost_usd": cost,
+    }
+    verdict = parse(result.text, result.structured)
+    if verdict is not None:
+        values |= verdict.model_dump()
+        stats.judged += 1
+        writer.add_judgement(UnitUpdate(unit.id, UnitState.succeeded, rate_limited=unit.rate_limited), values)
+    elif unit.attempts - unit.rate_limited >= runtime.settings.executor.judge_parse_attempts:
+        stats.unscorable += 1
+        detail = f"no valid verdict in {unit.attempts - unit.rate_limited} answers; the last is kept in raw_text"
+        update = UnitUpdate(
+            unit.id,
+            UnitState.failed,
+            rate_limited=unit.rate_limited,
+            failure_reason="unscorable",
+            failure_detail=detail,
+        )
+        writer.add_judgement(update, values)
+    else:
+        stats.retries += 1
+        writer.add_judgement(UnitUpdate(unit.id, UnitState.pending, rate_limited=unit.rate_limited), values)
+
+
+def failure_update(runtime: Runtime, stats: Stats, unit: Claimed, exc: ProviderError) -> UnitUpdate:
+    """The unit's next state after a failed call, by the one retry policy."""
     decision = classify(exc)
     rate_limited = unit.rate_limited
     repeats = unit.error_repeats
     signature = f"{exc.reason}|{exc.status}|{exc.message[:300]}"
     if decision.kind is RetryKind.rate_limited:
         rate_limited += 1
-        stats.rate_limited += 1
-        key_limits.pause(decision.retry_after_s if decision.retry_after_s is not None else 1.0)
     else:
         repeats = repeats + 1 if signature == unit.last_error else 1
     step = next_step(
@@ -207,7 +268,7 @@ def _failed(
     if step.final:
         stats.failed += 1
         stats.failures[exc.reason] = stats.failures.get(exc.reason, 0) + 1
-        update = UnitUpdate(
+        return UnitUpdate(
             unit.id,
             UnitState.failed,
             rate_limited=rate_limited,
@@ -216,14 +277,12 @@ def _failed(
             failure_reason=step.reason[:64],
             failure_detail=str(exc)[:4000],
         )
-    else:
-        stats.retries += 1
-        update = UnitUpdate(
-            unit.id,
-            UnitState.pending,
-            not_before=utcnow() + timedelta(seconds=step.delay_s),
-            rate_limited=rate_limited,
-            last_error=signature,
-            error_repeats=repeats,
-        )
-    writer.add(update)
+    stats.retries += 1
+    return UnitUpdate(
+        unit.id,
+        UnitState.pending,
+        not_before=utcnow() + timedelta(seconds=step.delay_s),
+        rate_limited=rate_limited,
+        last_error=signature,
+        error_repeats=repeats,
+    )

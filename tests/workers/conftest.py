@@ -73,28 +73,47 @@ class JobMaker:
         limits: dict[str, Any] | None = None,
         dataset_id: uuid.UUID | None = None,
         params: dict[str, Any] | None = None,
+        judges: list[tuple[str, str]] | None = None,
         **job: Any,
     ) -> uuid.UUID:
-        """A job over ``limit`` starter cases for (provider, model) configs pointed at the fake."""
+        """A job over ``limit`` starter cases for (provider, model) configs pointed at the fake, judged there too."""
         async with self.sessionmaker() as session:
-            ids = []
-            for provider, model in models:
-                body = ModelConfigCreate(
-                    name=f"{provider}-{model}-{uuid.uuid4().hex[:6]}",
-                    provider=provider,  # type: ignore[arg-type]
-                    model=model,
-                    base_url=fake.url + BASE_PATHS[provider],
-                    api_key_env="FAKE_PROVIDER_KEY",
-                    params=params or {},  # type: ignore[arg-type]
-                    limits=limits or {},  # type: ignore[arg-type]
-                )
-                ids.append((await register(session, body)).config.id)
+            judge_ids = [await self._register(session, fake, p, m) for p, m in judges or [("openai", "judge-fake")]]
+            ids = [await self._register(session, fake, p, m, params, limits) for p, m in models]
             if dataset_id is None:
                 dataset_id = (await ensure_starter(session)).id
-            body_ = JobCreate(dataset_id=dataset_id, model_config_ids=ids, filters=JobFilters(limit=limit), **job)
-            created = await create_job(session, body_, self.settings)
+            body = JobCreate(
+                dataset_id=dataset_id,
+                model_config_ids=ids,
+                judge_config_ids=judge_ids,
+                filters=JobFilters(limit=limit),
+                **job,
+            )
+            created = await create_job(session, body, self.settings)
             await session.commit()
             return created.job.id
+
+    @staticmethod
+    async def _register(
+        session: AsyncSession,
+        fake: FakeProvider,
+        provider: str,
+        model: str,
+        params: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
+    ) -> uuid.UUID:
+        body = ModelConfigCreate.model_validate(
+            {
+                "name": f"{provider}-{model}-{uuid.uuid4().hex[:6]}",
+                "provider": provider,
+                "model": model,
+                "base_url": fake.url + BASE_PATHS[provider],
+                "api_key_env": "FAKE_PROVIDER_KEY",
+                "params": params or {},
+                "limits": limits or {},
+            }
+        )
+        return (await register(session, body)).config.id
 
 
 @pytest.fixture

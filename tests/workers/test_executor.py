@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.db.models import Job, JobState, Request, Response, UnitState
+from service.db.models import Job, JobState, Judgement, Request, Response, UnitState
 from service.settings import Settings
 from workers.executor.embedded import EmbeddedExecutor, RunOutcome
 from workers.providers.fake import FakeConfig, FakeProvider
@@ -50,7 +50,11 @@ async def test_every_wire_format_completes_a_job(
     assert all(r.text and r.input_tokens and r.output_tokens and r.latency_ms is not None for r in stored)
     assert all(r.provider_request_id for r in stored)
     ledger_ = await fake.ledger()
-    assert ledger_["successes"] == 36 and ledger_["duplicate_successes"] == 0
+    assert ledger_["successes"] == 72 and ledger_["duplicate_successes"] == 0  # 36 answers, 36 judge calls
+    async with ledger() as session:
+        judged = (await session.execute(select(Judgement).where(Judgement.job_id == job_id))).scalars().all()
+    assert len(judged) == 36 and all(j.state is UnitState.succeeded for j in judged)
+    assert all(j.response_type and j.engages_with_defeat is not None and j.prompt_version for j in judged)
     async with ledger() as session:
         job = await session.get(Job, job_id)
         assert job is not None and job.state.value == "completed" and job.finished_at is not None
@@ -83,6 +87,11 @@ async def test_faults_at_ten_percent_each_still_finish_every_request(
         filtered = [r for r in await responses(ledger, job_id) if r.outcome.value == "content_filtered"]
         assert filtered and all(r.finish_reason == "content_filter" for r in filtered)
         assert (await fake.ledger())["duplicate_successes"] == 0
+        async with ledger() as session:
+            query = select(Judgement.state, func.count()).where(Judgement.job_id == job_id).group_by(Judgement.state)
+            judged = dict((await session.execute(query)).all())
+        answers = sum(1 for r in await responses(ledger, job_id) if r.outcome.value == "answer")
+        assert sum(judged.values()) == answers and set(judged) <= {UnitState.succeeded, UnitState.failed}
 
 
 async def test_a_permanent_error_fails_at_once_with_its_reason(
@@ -110,12 +119,14 @@ async def test_an_identical_call_is_reused_not_paid_again(
     await run(ledger, work_settings, first)
     second = await make_job(fake, [("openai", "fake-reuse")], limit=5)
     outcome = await run(ledger, work_settings, second)
-    assert outcome.stats.reused == 5 and outcome.stats.calls == 0
+    assert outcome.stats.reused == 5
+    assert (await fake.ledger())["by_model"]["fake-reuse"]["successes"] == 5  # the target was not called again
     reused = await responses(ledger, second)
     originals = {r.request_id: r.text for r in await responses(ledger, first)}
     assert all(r.reused_from in originals and r.text == originals[r.reused_from] and r.cost_usd == 0 for r in reused)
     fresh = await make_job(fake, [("openai", "fake-reuse")], limit=5, use_cache=False)
-    assert (await run(ledger, work_settings, fresh)).stats.calls == 5
+    await run(ledger, work_settings, fresh)
+    assert (await fake.ledger())["by_model"]["fake-reuse"]["successes"] == 10
 
 
 async def test_rate_limits_hold_and_a_429_pauses_the_key(
@@ -140,7 +151,9 @@ async def test_rate_limits_hold_and_a_429_pauses_the_key(
         async with ledger() as session:
             query = select(func.sum(Request.rate_limited), func.max(Request.attempts)).where(Request.job_id == job_id)
             limited, attempts = (await session.execute(query)).one()
-        assert limited == outcome.stats.rate_limited and attempts >= 2
+            query = select(func.sum(Judgement.rate_limited)).where(Judgement.job_id == job_id)
+            limited += (await session.execute(query)).scalar_one() or 0
+        assert limited == outcome.stats.rate_limited and attempts >= 2  # targets and judges, each counted
 
 
 async def test_a_budget_pauses_the_job_and_resume_continues(

@@ -10,14 +10,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
-from service.db.models import JobState, Response, UnitState
+from service.db.models import ConfigRole, JobState, Judgement, Request, Response, UnitState
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
-from workers.tasks import Runtime, Stats, Target, reused_row, run_request
+from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
 
 TICK_S = 0.05
 IDLE_TICK_S = 0.5
@@ -41,11 +42,16 @@ class _Run:
 
 
 class _Lane:
-    """One config's local queue of leased units and its in-flight count."""
+    """One config's local queue of leased units and its in-flight count: target requests, or judgements.
 
-    def __init__(self, target: Target) -> None:
+    Judges get lanes of their own, so judging never waits behind target calls and the other way round.
+    """
+
+    def __init__(self, target: Target, judge: bool = False) -> None:
         self.target = target
-        self.queue: collections.deque[tuple[ledger.Claimed, str]] = collections.deque()
+        self.judge = judge
+        self.model: ledger.Unit = Judgement if judge else Request
+        self.queue: collections.deque[tuple[ledger.Claimed, Any]] = collections.deque()
         self.in_flight = 0
 
 
@@ -75,7 +81,8 @@ class EmbeddedExecutor:
         if isinstance(run, RunOutcome):
             return run
         settings = self.runtime.settings.executor
-        writer = ResultWriter(self.sessionmaker, self.holder, settings.flush_interval_s, settings.flush_batch)
+        judges = [lane.target.id for lane in run.lanes if lane.judge]
+        writer = ResultWriter(self.sessionmaker, self.holder, settings.flush_interval_s, settings.flush_batch, judges)
         writer.start()
         tasks: set[asyncio.Task[None]] = set()
         ending: str | None = None
@@ -93,7 +100,9 @@ class EmbeddedExecutor:
         """Reclaim dead leases, load the job's configs, and mark it running (unless it has ended)."""
         async with self.sessionmaker() as session:
             await ledger.reclaim_leases(session, job_id)
-            configs = await ledger.target_configs(session, job_id)
+            configs = await ledger.job_configs(session, job_id, ConfigRole.target)
+            judges = await ledger.job_configs(session, job_id, ConfigRole.judge)
+            await self._judge_missing(session, job_id, [j.id for j in judges])
             state, budget, _ = await ledger.job_state(session, job_id)
             self._use_cache = await ledger.job_uses_cache(session, job_id)
             if state.final:
@@ -101,7 +110,16 @@ class EmbeddedExecutor:
             await ledger.set_job(session, job_id, state=JobState.running, started_at=utcnow(), paused_reason=None)
             spent = await ledger.spend(session, job_id)
         default = self.runtime.settings.providers.default_max_concurrency
-        return _Run(job_id, [_Lane(Target.of(c, default)) for c in configs], budget, spent)
+        lanes = [_Lane(Target.of(c, default)) for c in configs] + [_Lane(Target.of(j, default), True) for j in judges]
+        return _Run(job_id, lanes, budget, spent)
+
+    async def _judge_missing(self, session: AsyncSession, job_id: uuid.UUID, judges: list[uuid.UUID]) -> None:
+        """Give every stored answer its judgements (answers stored by an earlier run or an older version)."""
+        writer = ResultWriter(self.sessionmaker, self.holder, 1.0, 1, judges)
+        for judge in judges:
+            for request_id in await ledger.unjudged_answers(session, job_id, judge):
+                writer.add_pending_judgements(job_id, request_id, [judge])
+        await writer.flush()
 
     async def _loop(
         self,
@@ -158,13 +176,18 @@ class EmbeddedExecutor:
             if want < max(1, lane.target.concurrency // 2):
                 continue
             async with self.sessionmaker() as session:
-                claimed = await ledger.claim_requests(
-                    session, job_id, lane.target.id, min(want, settings.claim_batch), self.holder, settings.lease_s
-                )
+                claimed = await ledger.claim(
+                    session, lane.model, job_id, lane.target.id, min(want, settings.claim_batch), self.holder,
+                    settings.lease_s,
+                )  # fmt: skip
                 if not claimed:
                     continue
+                if lane.judge:
+                    contexts = await ledger.judge_contexts(session, [u.ref_id for u in claimed])
+                    lane.queue.extend((u, contexts[u.ref_id]) for u in claimed)
+                    continue
                 await self._load_prompts(session, claimed)
-                hits = await self._cache_hits(session, job_id, lane.target, claimed)
+                hits = await self._cache_hits(session, lane.target, claimed)
             for unit in claimed:
                 earlier = hits.get(unit.id)
                 if earlier is not None:
@@ -172,19 +195,19 @@ class EmbeddedExecutor:
                     self.stats.reused += 1
                     self.stats.succeeded += 1
                 else:
-                    lane.queue.append((unit, self._prompts[unit.case_id]))
+                    lane.queue.append((unit, self._prompts[unit.ref_id]))
 
     async def _load_prompts(self, session: AsyncSession, claimed: list[ledger.Claimed]) -> None:
-        missing = list({u.case_id for u in claimed} - self._prompts.keys())
+        missing = list({u.ref_id for u in claimed} - self._prompts.keys())
         if missing:
             self._prompts.update(await ledger.prompts(session, missing))
 
     async def _cache_hits(
-        self, session: AsyncSession, job_id: uuid.UUID, target: Target, claimed: list[ledger.Claimed]
+        self, session: AsyncSession, target: Target, claimed: list[ledger.Claimed]
     ) -> dict[uuid.UUID, Response]:
         if not self._use_cache:
             return {}
-        keys = {u.id: target.cache_key(self._prompts[u.case_id], u.sample_index) for u in claimed}
+        keys = {u.id: target.cache_key(self._prompts[u.ref_id], u.sample_index) for u in claimed}
         found = await ledger.cached_answers(session, list(set(keys.values())))
         return {unit_id: found[key] for unit_id, key in keys.items() if key in found}
 
@@ -193,11 +216,13 @@ class EmbeddedExecutor:
     ) -> None:
         for lane in lanes:
             while lane.queue and lane.in_flight < lane.target.concurrency:
-                unit, prompt = lane.queue.popleft()
+                unit, payload = lane.queue.popleft()
                 lane.in_flight += 1
-                task = asyncio.create_task(
-                    run_request(self.runtime, writer, self.stats, job_id, lane.target, unit, prompt)
-                )
+                if lane.judge:
+                    work = run_judgement(self.runtime, writer, self.stats, lane.target, unit, payload)
+                else:
+                    work = run_request(self.runtime, writer, self.stats, job_id, lane.target, unit, payload)
+                task = asyncio.create_task(work)
                 tasks.add(task)
                 task.add_done_callback(functools.partial(_done, lane, tasks))
 

@@ -6,10 +6,10 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.base import utcnow
@@ -52,11 +52,13 @@ def holder_is_dead(holder: str) -> bool:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A request leased to this process, with what the call needs."""
+    """A unit (request or judgement) leased to this process, with what its call needs.
+
+    ``ref_id`` is the case for a request and the judged request for a judgement.
+    """
 
     id: uuid.UUID
-    model_config_id: uuid.UUID
-    case_id: uuid.UUID
+    ref_id: uuid.UUID
     sample_index: int
     attempts: int
     rate_limited: int
@@ -64,80 +66,95 @@ class Claimed:
     last_error: str | None
 
 
-async def claim_requests(
-    session: AsyncSession, job_id: uuid.UUID, config_id: uuid.UUID, limit: int, holder: str, lease_s: float
+Unit = type[Request] | type[Judgement]
+
+
+def _config_column(model: Unit) -> Any:
+    return Request.model_config_id if model is Request else Judgement.judge_config_id
+
+
+def _ref_columns(model: Unit) -> tuple[Any, Any]:
+    if model is Request:
+        return Request.case_id, Request.sample_index
+    return Judgement.request_id, literal(0)
+
+
+async def claim(
+    session: AsyncSession,
+    model: Unit,
+    job_id: uuid.UUID,
+    config_id: uuid.UUID,
+    limit: int,
+    holder: str,
+    lease_s: float,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due pending requests of one config (SKIP LOCKED on Postgres). Commits."""
+    """Lease up to ``limit`` due pending units of one config (SKIP LOCKED on Postgres). Commits."""
     now = utcnow()
     due = (
-        select(Request.id)
+        select(model.id)
         .where(
-            Request.job_id == job_id,
-            Request.model_config_id == config_id,
-            Request.state == UnitState.pending,
-            or_(Request.not_before.is_(None), Request.not_before <= now),
+            model.job_id == job_id,
+            _config_column(model) == config_id,
+            model.state == UnitState.pending,
+            or_(model.not_before.is_(None), model.not_before <= now),
         )
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
+    ref, sample = _ref_columns(model)
     stmt = (
-        update(Request)
-        .where(Request.id.in_(due.scalar_subquery()))
+        update(model)
+        .where(model.id.in_(due.scalar_subquery()))
         .values(
             state=UnitState.leased,
             leased_by=holder,
             lease_expires_at=now + timedelta(seconds=lease_s),
-            attempts=Request.attempts + 1,
+            attempts=model.attempts + 1,
             updated_at=now,
         )
-        .returning(
-            Request.id,
-            Request.model_config_id,
-            Request.case_id,
-            Request.sample_index,
-            Request.attempts,
-            Request.rate_limited,
-            Request.error_repeats,
-            Request.last_error,
-        )
+        .returning(model.id, ref, sample, model.attempts, model.rate_limited, model.error_repeats, model.last_error)
         .execution_options(synchronize_session=False)
     )
     rows = (await session.execute(stmt)).all()
     await session.commit()
-    return [Claimed(**row._mapping) for row in rows]
+    return [Claimed(*row) for row in rows]
 
 
 async def reclaim_leases(session: AsyncSession, job_id: uuid.UUID) -> int:
     """Return expired leases, and leases of processes on this host that died, to pending. Commits."""
     now = utcnow()
-    holders_query = select(Request.leased_by).where(Request.job_id == job_id, Request.state == UnitState.leased)
-    holders = {h for h in (await session.execute(holders_query.distinct())).scalars() if h}
-    dead = [h for h in holders if holder_is_dead(h)]
-    stmt = (
-        update(Request)
-        .where(
-            Request.job_id == job_id,
-            Request.state == UnitState.leased,
-            or_(Request.lease_expires_at < now, Request.leased_by.in_(dead)),
+    reclaimed = 0
+    for model in (Request, Judgement):
+        holders_query = select(model.leased_by).where(model.job_id == job_id, model.state == UnitState.leased)
+        holders = {h for h in (await session.execute(holders_query.distinct())).scalars() if h}
+        dead = [h for h in holders if holder_is_dead(h)]
+        stmt = (
+            update(model)
+            .where(
+                model.job_id == job_id,
+                model.state == UnitState.leased,
+                or_(model.lease_expires_at < now, model.leased_by.in_(dead)),
+            )
+            .values(state=UnitState.pending, leased_by=None, lease_expires_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
         )
-        .values(state=UnitState.pending, leased_by=None, lease_expires_at=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    result = await session.execute(stmt)
+        result = await session.execute(stmt)
+        reclaimed += int(getattr(result, "rowcount", 0) or 0)
     await session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
+    return reclaimed
 
 
 async def release_leases(session: AsyncSession, holder: str) -> None:
     """Give back this process's leases (a clean stop). Commits."""
-    stmt = (
-        update(Request)
-        .where(Request.state == UnitState.leased, Request.leased_by == holder)
-        .values(state=UnitState.pending, leased_by=None, lease_expires_at=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    await session.execute(stmt)
+    for model in (Request, Judgement):
+        stmt = (
+            update(model)
+            .where(model.state == UnitState.leased, model.leased_by == holder)
+            .values(state=UnitState.pending, leased_by=None, lease_expires_at=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(stmt)
     await session.commit()
 
 
@@ -146,14 +163,62 @@ async def prompts(session: AsyncSession, case_ids: list[uuid.UUID]) -> dict[uuid
     return {row.id: row.user_query for row in rows.all()}
 
 
-async def target_configs(session: AsyncSession, job_id: uuid.UUID) -> list[ModelConfig]:
+async def job_configs(session: AsyncSession, job_id: uuid.UUID, role: ConfigRole) -> list[ModelConfig]:
     query = (
         select(ModelConfig)
         .join(JobModelConfig, JobModelConfig.model_config_id == ModelConfig.id)
-        .where(JobModelConfig.job_id == job_id, JobModelConfig.role == ConfigRole.target)
+        .where(JobModelConfig.job_id == job_id, JobModelConfig.role == role)
         .order_by(JobModelConfig.position)
     )
     return list((await session.execute(query)).scalars())
+
+
+def judgement_id(request_id: uuid.UUID, judge_id: uuid.UUID) -> uuid.UUID:
+    """A judgement's identity: one per (answer, judge config)."""
+    return uuid.uuid5(request_id, f"judge:{judge_id}")
+
+
+async def unjudged_answers(session: AsyncSession, job_id: uuid.UUID, judge_id: uuid.UUID) -> list[uuid.UUID]:
+    """Answers of the job that have no judgement row for this judge (e.g. stored before judging existed)."""
+    judged = select(Judgement.request_id).where(Judgement.job_id == job_id, Judgement.judge_config_id == judge_id)
+    query = select(Response.request_id).where(
+        Response.job_id == job_id, Response.outcome == Outcome.answer, Response.request_id.not_in(judged)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+@dataclass(frozen=True)
+class JudgeContext:
+    rule: str
+    defeat_condition: str | None
+    family: str
+    authority_type: str
+    request: str
+    answer: str
+    reasoning: str | None
+
+
+async def judge_contexts(session: AsyncSession, request_ids: list[uuid.UUID]) -> dict[uuid.UUID, JudgeContext]:
+    """What the judge sees for each judged request: the case and the answer, not the model."""
+    query = (
+        select(
+            Request.id,
+            Case.unjust_policy,
+            Case.defeat_condition,
+            Case.family,
+            Case.authority_type,
+            Case.user_query,
+            Response.text,
+            Response.reasoning,
+        )
+        .join(Case, Case.id == Request.case_id)
+        .join(Response, Response.request_id == Request.id)
+        .where(Request.id.in_(request_ids))
+    )
+    out: dict[uuid.UUID, JudgeContext] = {}
+    for row in (await session.execute(query)).all():
+        out[row[0]] = JudgeContext(row[1], row[2], str(row[3].value), row[4], row[5], row[6], row[7])
+    return out
 
 
 async def cached_answers(session: AsyncSession, keys: list[str]) -> dict[str, Response]:
@@ -181,13 +246,6 @@ async def open_units(session: AsyncSession, job_id: uuid.UUID) -> dict[str, int]
         for state, n in (await session.execute(query)).all():
             out[f"{kind}.{UnitState(state).value}"] = n
     return out
-
-
-async def next_due(session: AsyncSession, job_id: uuid.UUID) -> datetime | None:
-    """When the earliest backed-off pending request becomes due."""
-    query = select(func.min(Request.not_before)).where(Request.job_id == job_id, Request.state == UnitState.pending)
-    value: datetime | None = (await session.execute(query)).scalar_one()
-    return value
 
 
 async def spend(session: AsyncSession, job_id: uuid.UUID) -> float:

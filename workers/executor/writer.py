@@ -14,10 +14,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
-from service.db.models import Request, Response, UnitState
+from service.db.models import Judgement, Request, Response, UnitState
+from workers.executor.ledger import judgement_id
 
 _REQUESTS: Table = Request.__table__  # type: ignore[assignment]
 _RESPONSES: Table = Response.__table__  # type: ignore[assignment]
+_JUDGEMENTS: Table = Judgement.__table__  # type: ignore[assignment]
 
 
 @dataclass
@@ -34,10 +36,30 @@ class UnitUpdate:
     failure_detail: str | None = None
 
 
+# what a finished judgement call stores on its row (all None until it succeeds)
+JUDGEMENT_FIELDS = (
+    "response_type",
+    "engages_with_defeat",
+    "independent_harm",
+    "reasoning",
+    "raw_text",
+    "prompt_version",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "cost_usd",
+)
+
+
 @dataclass
 class _Batch:
     responses: list[dict[str, Any]] = field(default_factory=list)
+    judgements: list[dict[str, Any]] = field(default_factory=list)
     updates: list[UnitUpdate] = field(default_factory=list)
+    judged: list[tuple[UnitUpdate, dict[str, Any]]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.responses) + len(self.judgements) + len(self.updates) + len(self.judged)
 
 
 class ResultWriter:
@@ -48,10 +70,16 @@ class ResultWriter:
     """
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], holder: str, interval_s: float, max_batch: int
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        holder: str,
+        interval_s: float,
+        max_batch: int,
+        judges: list[uuid.UUID] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.holder = holder
+        self.judges = judges or []
         self.interval_s = interval_s
         self.max_batch = max_batch
         self._batch = _Batch()
@@ -65,11 +93,45 @@ class ResultWriter:
         self._task = asyncio.create_task(self._run(), name="result-writer")
 
     def add(self, update_: UnitUpdate, response: dict[str, Any] | None = None) -> None:
+        """A request's new state, with its response; an answer gets a pending judgement per judge."""
         if response is not None:
             self._batch.responses.append(response)
+            if response["outcome"] == "answer":
+                self._batch.judgements.extend(self._new_judgements(response))
         self._batch.updates.append(update_)
-        if len(self._batch.updates) >= self.max_batch:
+        self._maybe_wake()
+
+    def add_pending_judgements(self, job_id: uuid.UUID, request_id: uuid.UUID, judges: list[uuid.UUID]) -> None:
+        """Pending judgements for an answer stored earlier (not through this writer)."""
+        base = {"request_id": request_id, "job_id": job_id}
+        self._batch.judgements.extend(j for j in self._new_judgements(base) if j["judge_config_id"] in judges)
+
+    def add_judgement(self, update_: UnitUpdate, values: dict[str, Any] | None = None) -> None:
+        """A judgement's new state, with what the judge answered (labels stay null unless it validated)."""
+        self._batch.judged.append((update_, values or {}))
+        self._maybe_wake()
+
+    def _maybe_wake(self) -> None:
+        if len(self._batch) >= self.max_batch:
             self._wake.set()
+
+    def _new_judgements(self, response: dict[str, Any]) -> list[dict[str, Any]]:
+        now = utcnow()
+        return [
+            {
+                "id": judgement_id(response["request_id"], judge),
+                "job_id": response["job_id"],
+                "request_id": response["request_id"],
+                "judge_config_id": judge,
+                "state": UnitState.pending.value,
+                "attempts": 0,
+                "rate_limited": 0,
+                "error_repeats": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for judge in self.judges
+        ]
 
     async def _run(self) -> None:
         while not self._closing:
@@ -84,14 +146,20 @@ class ResultWriter:
         """Write everything collected so far, in one transaction."""
         async with self._lock:
             batch, self._batch = self._batch, _Batch()
-            if not batch.updates:
+            if not len(batch):
                 return
             async with self.sessionmaker() as session:
                 if batch.responses:
-                    await session.execute(_insert_ignoring_duplicates(session), batch.responses)
-                await session.execute(_UPDATE, [self._params(u) for u in batch.updates])
+                    await session.execute(_insert_ignoring_duplicates(session, _RESPONSES), batch.responses)
+                if batch.judgements:
+                    await session.execute(_insert_ignoring_duplicates(session, _JUDGEMENTS), batch.judgements)
+                if batch.updates:
+                    await session.execute(_UPDATE, [self._params(u) for u in batch.updates])
+                if batch.judged:
+                    params = [self._params(u) | {f: v.get(f) for f in JUDGEMENT_FIELDS} for u, v in batch.judged]
+                    await session.execute(_UPDATE_JUDGEMENT, params)
                 await session.commit()
-            self.written += len(batch.updates)
+            self.written += len(batch)
 
     def _params(self, u: UnitUpdate) -> dict[str, Any]:
         return {
@@ -116,25 +184,36 @@ class ResultWriter:
         await self.flush()
 
 
-_UPDATE = (
-    update(_REQUESTS)
-    .where(_REQUESTS.c.id == bindparam("b_id"), _REQUESTS.c.leased_by == bindparam("b_holder"))
-    .values(
-        state=bindparam("state"),
-        not_before=bindparam("not_before"),
-        rate_limited=bindparam("rate_limited"),
-        last_error=bindparam("last_error"),
-        error_repeats=bindparam("error_repeats"),
-        failure_reason=bindparam("failure_reason"),
-        failure_detail=bindparam("failure_detail"),
-        updated_at=bindparam("updated_at"),
-        leased_by=None,
-        lease_expires_at=None,
+def _unit_update(table: Table, extra: tuple[str, ...] = ()) -> Any:
+    """UPDATE of one unit by id, applied only while this process holds its lease (executemany)."""
+    values: dict[str, Any] = {
+        name: bindparam(name)
+        for name in (
+            "state",
+            "not_before",
+            "rate_limited",
+            "last_error",
+            "error_repeats",
+            "failure_reason",
+            "failure_detail",
+            "updated_at",
+            *extra,
+        )
+    }
+    return (
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.leased_by == bindparam("b_holder"))
+        .values(**values, leased_by=None, lease_expires_at=None)
     )
-)
 
 
-def _insert_ignoring_duplicates(session: AsyncSession) -> Any:
+_UPDATE = _unit_update(_REQUESTS)
+_UPDATE_JUDGEMENT = _unit_update(_JUDGEMENTS, JUDGEMENT_FIELDS)
+
+
+def _insert_ignoring_duplicates(session: AsyncSession, table: Table) -> Any:
+    """INSERT that leaves a row already there alone (a unit finished twice after a lost lease)."""
+    key = list(table.primary_key.columns.keys())
     if session.get_bind().dialect.name == "postgresql":
-        return pg_insert(_RESPONSES).on_conflict_do_nothing(index_elements=["request_id"])
-    return sqlite_insert(_RESPONSES).on_conflict_do_nothing(index_elements=["request_id"])
+        return pg_insert(table).on_conflict_do_nothing(index_elements=key)
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=key)

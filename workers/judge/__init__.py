@@ -1,0 +1,1 @@
+"""The blinded LLM judge: prompt, schema, validation."""
