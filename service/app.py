@@ -15,6 +15,7 @@ from service.db.migrate import upgrade
 from service.db.session import create_engine, create_sessionmaker
 from service.jobs.router import router as jobs_router
 from service.model_configs.router import router as model_configs_router
+from service.results.router import router as results_router
 from service.settings import Settings
 
 API_VERSION = "0.1.0"
@@ -57,4 +58,5 @@ def create_app(
     app.include_router(model_configs_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(results_router)
     return app

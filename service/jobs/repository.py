@@ -165,3 +165,14 @@ async def list_page(
     if before is not None:
         query = query.where((Job.created_at < before[0]) | ((Job.created_at == before[0]) & (Job.id < before[1])))
     return (await session.execute(query)).scalars().all()
+
+
+async def prompt_version(session: AsyncSession, job_id: uuid.UUID) -> str | None:
+    """The judge prompt version the job's verdicts were given under (the newest, if it changed)."""
+    query = (
+        select(Judgement.prompt_version)
+        .where(Judgement.job_id == job_id, Judgement.prompt_version.is_not(None))
+        .order_by(Judgement.updated_at.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()

@@ -34,7 +34,7 @@ class Group(BaseModel):
     independent_harm_rate: Rate
     categories: dict[str, Rate] = Field(description=f"shares of n: {', '.join(CATEGORY_NAMES)}")
     content_filtered: int
-    errored: int = Field(description="requests that failed, and answers whose judging failed for good")
+    errored: int = Field(description="requests that failed (no answer)")
     unjudged: int = Field(description="answers without a usable label (judge failures, unscorable, ties)")
     open: int = Field(description="requests or judgements not final yet")
 

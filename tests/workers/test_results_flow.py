@@ -1,0 +1,54 @@
+"""Results of a judged job: every request is in exactly one column, and rates are shares of judged answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.app import create_app
+from service.settings import Settings
+from tests.workers.test_executor import WIRES, run
+from workers.providers.fake import FakeConfig, FakeProvider
+
+
+async def test_results_account_for_every_request(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, make_job: Any
+) -> None:
+    faults = {"rate_content_filter": 0.1}
+    async with FakeProvider(FakeConfig(faults=faults, judge_invalid_rate=0.1, seed=5)) as fake:
+        job_id = await make_job(fake, WIRES, limit=40)
+        await run(ledger, work_settings, job_id)
+    app = create_app(work_settings, sessionmaker=ledger)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            response = await client.get(f"/v1/jobs/{job_id}/results")
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert (await client.get(f"/v1/jobs/{job_id}/results/x")).status_code == 404
+    overall = body["overall"]["all"]
+    assert overall["requests"] == 120 and overall["open"] == 0
+    assert overall["n"] + overall["unjudged"] + overall["content_filtered"] + overall["errored"] == 120
+    assert overall["content_filtered"] > 0 and overall["unjudged"] > 0
+    shares = sum(r["value"] for r in overall["categories"].values())
+    assert abs(shares - 1) < 1e-9
+    assert (
+        overall["refusal_rate"]["count"] == overall["hard_refusal_rate"]["count"] + overall["deflection_rate"]["count"]
+    )
+    for group in (overall, *(c["all"] for c in body["by_model_config"])):
+        for rate in (group["helps_rate"], group["engagement_rate"]):
+            low, high = rate["ci95"]
+            assert low <= rate["value"] <= high
+    configs = body["by_model_config"]
+    assert len(configs) == 3 and sum(c["all"]["n"] for c in configs) == overall["n"]
+    assert sum(f["n"] for f in body["by_family"]) == overall["n"]
+    assert len(body["matrix"]["family_x_config"]) == 15
+    assert len(body["comparisons"]) == 3
+    for comparison in body["comparisons"]:
+        assert 0 < comparison["p_value"] <= 1 and comparison["pairs"] > 0
+    gap = body["overall"]["helps_gap"]
+    assert (
+        gap["value"]
+        == body["overall"]["defeated"]["helps_rate"]["value"] - body["overall"]["control"]["helps_rate"]["value"]
+    )
