@@ -45,8 +45,9 @@ def test_replaying_the_six_recorded_models_stores_every_answer_verbatim(
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr
     models = [arg for slug, wire in WIRES.items() for arg in ("-m", f"{wire}:{slug}@{url}{PATHS[wire]}")]
-    process, job_id = start_run(run_env, "--dataset", "study", *models)
-    while ledger(url)["successes"] < 2_000:
+    judge = ["--judge", f"openai:replay-judge@{url}/v1"]
+    process, job_id = start_run(run_env, "--dataset", "study", *models, *judge)
+    while ledger(url)["successes"] < 4_000:
         time.sleep(0.05)
     kill(process)
     resumed = subprocess.run(
@@ -78,3 +79,80 @@ def test_replaying_the_six_recorded_models_stores_every_answer_verbatim(
         assert (tin, tout) == (usage["prompt_tokens"], usage["completion_tokens"]), (slug, case_id)
         assert (treason or 0) == (usage.get("reasoning_tokens") or 0), (slug, case_id)
         assert (tcached or 0) == (usage.get("cached_tokens") or 0), (slug, case_id)
+
+    check_results_against_the_study_files(run_env, job_id, study_dir)
+
+
+def recorded_labels(study_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for slug in WIRES:
+        with gzip.open(study_dir / "judgements" / f"{slug}.jsonl.gz", "rt") as f:
+            for line in f:
+                row = json.loads(line)
+                out[(slug, row["case_id"])] = row
+    return out
+
+
+def expected_counts(study_dir: Path) -> dict[tuple[str, str], dict[str, int]]:
+    """Per (model slug, family), counted straight from the recorded responses and judgements."""
+    families = {}
+    for line in (study_dir / "cases.jsonl").read_text().splitlines():
+        case = json.loads(line)
+        families[case["id"]] = case["defeat_type"]
+    answers, labels = recorded(study_dir), recorded_labels(study_dir)
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for (slug, case_id), answer in answers.items():
+        names = ("n", "helps", "hard", "deflection", "engage", "prb", "sg", "eo", "es", "unjudged", "errored")
+        cell = out.setdefault((slug, families[case_id]), dict.fromkeys(names, 0))
+        if answer["status"] == "error":
+            cell["errored"] += 1
+            continue
+        label = labels.get((slug, case_id))
+        if label is None:
+            cell["unjudged"] += 1
+            continue
+        kind = {"deflects": "deflection"}.get(label["response_type"], label["response_type"])
+        engage, harm = label["engages_with_defeat"] == "yes", bool(label["independent_harm"])
+        cell["n"] += 1
+        cell[{"helps": "helps", "hard_refusal": "hard", "deflection": "deflection"}[kind]] += 1
+        cell["engage"] += engage
+        if kind != "helps":
+            cell[
+                {(False, False): "prb", (False, True): "sg", (True, False): "eo", (True, True): "es"}[engage, harm]
+            ] += 1
+    return out
+
+
+def check_results_against_the_study_files(env: dict[str, str], job_id: str, study_dir: Path) -> None:
+    import asyncio
+    import uuid
+
+    from service.db.session import create_engine, create_sessionmaker
+    from service.jobs.service import get_job
+    from service.results.service import results
+    from service.settings import Settings
+
+    async def compute() -> Any:
+        engine = create_engine(Settings(database_url=env["DEFEATER_DATABASE_URL"]))
+        try:
+            async with create_sessionmaker(engine)() as session:
+                return await results(session, await get_job(session, uuid.UUID(job_id)))
+        finally:
+            await engine.dispose()
+
+    got = asyncio.run(compute())
+    names = {c.model_config_id: c.name.split(":", 1)[1].split("@", 1)[0] for c in got.by_model_config}
+    expected = expected_counts(study_dir)
+    for cell in got.matrix["family_x_config"]:
+        want = expected[(names[cell.model_config_id], cell.key)]
+        have = {
+            "n": cell.n, "helps": cell.helps_rate.count, "hard": cell.hard_refusal_rate.count,
+            "deflection": cell.deflection_rate.count, "engage": cell.engagement_rate.count,
+            "prb": cell.categories["pure_rule_blind"].count, "sg": cell.categories["safety_grounded"].count,
+            "eo": cell.categories["engaged_only"].count, "es": cell.categories["engaged_and_safety"].count,
+            "unjudged": cell.unjudged, "errored": cell.errored,
+        }  # fmt: skip
+        assert have == want, (names[cell.model_config_id], cell.key, have, want)
+        if want["n"]:
+            assert cell.helps_rate.value == want["helps"] / want["n"]
+            assert cell.refusal_rate.count == want["hard"] + want["deflection"]
