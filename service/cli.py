@@ -44,7 +44,8 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(configs_app, name="configs")
 app.add_typer(jobs_app, name="jobs")
 
-out = Console(soft_wrap=True)
+# wide enough for the results table when the output is a file or a CI log
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -414,6 +415,30 @@ def print_status(status: JobRead) -> None:
     out.print(f"calls/s {status.calls_per_second:.2f}   ETA {eta}   spend ${status.cost_usd:.4f}")
 
 
+@app.command("results")
+@command
+async def results_command(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    output: FormatOpt = "table",
+    html: Annotated[Path | None, typer.Option(help="also write a self-contained HTML report here")] = None,
+) -> None:
+    """A job's results: rates with Wilson 95% intervals per config (``--format json``: every group)."""
+    from service.results.display import print_results
+    from service.results.report import render_html
+    from service.results.service import results
+
+    async with local_session() as session:
+        figures = await results(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
+    if html is not None:
+        html.write_text(render_html(figures, title=f"Defeater results: job {figures.job_id}"))
+    if output == "json":
+        out.print_json(figures.model_dump_json())
+        return
+    print_results(out, figures)
+    if html is not None:
+        out.print(f"report: {html}")
+
+
 # ---- service ----------------------------------------------------------------------------------------------
 
 
@@ -476,7 +501,7 @@ def api_command(
 
 def main() -> None:
     """Console entry point."""
-    from service import cli_run  # noqa: F401  (registers `defeater run`)
+    from service import cli_demo, cli_run  # noqa: F401  (register `defeater run` and `defeater demo`)
 
     try:
         app()

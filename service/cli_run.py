@@ -39,6 +39,8 @@ from service.datasets.service import STARTER_NAME
 from service.errors import DefeaterError, FieldError, ValidationFailed
 from service.jobs import service as jobs
 from service.jobs.schemas import JobRead
+from service.results.display import print_results
+from service.results.service import results
 from service.settings import Settings
 from workers.executor.embedded import EmbeddedExecutor, RunOutcome
 from workers.tasks import Runtime, Stats
@@ -85,8 +87,12 @@ async def run_command(
         finally:
             await runtime.adapters.aclose()
         async with sessionmaker() as session:
-            final = await jobs.read_job(session, await jobs.get_job(session, status.id))
+            job = await jobs.get_job(session, status.id)
+            final = await jobs.read_job(session, job)
+            figures = await results(session, job)
     _summary(outcome, final, output)
+    if output != "json":
+        print_results(out, figures)
     raise typer.Exit(EXIT_CODES.get(outcome.state, 1))
 
 
