@@ -198,3 +198,39 @@ async def paired_helps(session: AsyncSession, job_id: uuid.UUID) -> list[PairCou
     )
     rows = (await session.execute(query)).all()
     return [PairCounts(r[0], r[1], *(int(x or 0) for x in r[2:])) for r in rows if str(r[0]) < str(r[1])]
+
+
+def response_rows(job_id: uuid.UUID) -> Any:
+    """Every request of the job with its case, answer and (majority) labels: the responses list and export."""
+    lab = labels(job_id)
+    return (
+        select(
+            Request.id.label("request_id"),
+            Request.model_config_id,
+            Request.sample_index,
+            Request.state,
+            Request.attempts,
+            Request.failure_reason,
+            Case.external_id.label("case_id"),
+            Case.family,
+            Case.authority_type,
+            Case.dual_use,
+            Response.outcome,
+            Response.text,
+            Response.reasoning,
+            Response.finish_reason,
+            Response.input_tokens,
+            Response.output_tokens,
+            Response.reasoning_tokens,
+            Response.latency_ms,
+            Response.cost_usd,
+            Response.reused_from,
+            lab.c.rtype.label("response_type"),
+            lab.c.engage.label("engages_with_defeat"),
+            lab.c.harm.label("independent_harm"),
+        )
+        .join(Case, Case.id == Request.case_id)
+        .outerjoin(Response, Response.request_id == Request.id)
+        .outerjoin(lab, lab.c.request_id == Request.id)
+        .where(Request.job_id == job_id)
+    )

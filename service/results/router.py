@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
+from service.db.models import Family
 from service.deps import SessionDep
 from service.jobs.service import get_job
+from service.pagination import Page, decode_cursor, encode_cursor
+from service.results import responses
+from service.results.responses import ResponseItem
 from service.results.schemas import Results
 from service.results.service import results
 
@@ -20,3 +26,47 @@ async def job_results(job_id: uuid.UUID, session: SessionDep) -> Results:
     stratum, family x config and authority x config; helps gaps; paired comparisons of configs (McNemar).
     Computed from SQL aggregates; available while the job runs (open units are counted, not guessed)."""
     return await results(session, await get_job(session, job_id))
+
+
+@router.get("/{job_id}/responses", response_model=Page[ResponseItem])
+async def job_responses(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    model_config_id: uuid.UUID | None = None,
+    family: Family | None = None,
+    authority_type: str | None = None,
+    response_type: Literal["helps", "hard_refusal", "deflection"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> Page[ResponseItem]:
+    """Every request with its answer and labels, a page at a time, filtered by config, family, authority type or
+    the judged response type."""
+    await get_job(session, job_id)
+    after = uuid.UUID(str(decode_cursor(cursor, 1)[0])) if cursor else None
+    rows = await responses.page(
+        session, job_id, limit=limit + 1, after=after, model_config_id=model_config_id, family=family,
+        authority_type=authority_type, response_type=response_type,
+    )  # fmt: skip
+    items = rows[:limit]
+    next_cursor = encode_cursor(str(items[-1].request_id)) if len(rows) > limit else None
+    return Page[ResponseItem](items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/{job_id}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+)
+async def job_export(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    format: Literal["jsonl", "csv"] = "jsonl",
+) -> StreamingResponse:
+    """Everything the job produced, streamed as JSONL or CSV."""
+    await get_job(session, job_id)
+    await session.close()  # the stream reads in its own short sessions; hold nothing open while it runs
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    headers = {"Content-Disposition": f'attachment; filename="job-{job_id}.{format}"'}
+    body = responses.export(request.app.state.sessionmaker, job_id, format)
+    return StreamingResponse(body, media_type=media, headers=headers)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from typing import Any
 
 import httpx
@@ -52,3 +55,39 @@ async def test_results_account_for_every_request(
         gap["value"]
         == body["overall"]["defeated"]["helps_rate"]["value"] - body["overall"]["control"]["helps_rate"]["value"]
     )
+
+
+async def test_responses_page_filter_and_export(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any
+) -> None:
+    job_id = await make_job(fake, WIRES[:2], limit=15)
+    await run(ledger, work_settings, job_id)
+    app = create_app(work_settings, sessionmaker=ledger)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            seen: list[dict[str, Any]] = []
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"limit": 7} | ({"cursor": cursor} if cursor else {})
+                body = (await client.get(f"/v1/jobs/{job_id}/responses", params=params)).json()
+                seen += body["items"]
+                if not (cursor := body["next_cursor"]):
+                    break
+            assert len(seen) == 30 == len({r["request_id"] for r in seen})
+            assert all(r["text"] and r["response_type"] in ("helps", "hard_refusal", "deflection") for r in seen)
+            helps = (await client.get(f"/v1/jobs/{job_id}/responses", params={"response_type": "helps"})).json()
+            assert {r["request_id"] for r in helps["items"]} == {
+                r["request_id"] for r in seen if r["response_type"] == "helps"
+            }
+            control = (await client.get(f"/v1/jobs/{job_id}/responses", params={"family": "control"})).json()
+            assert all(r["family"] == "control" for r in control["items"])
+            lines = (await client.get(f"/v1/jobs/{job_id}/export")).text.splitlines()
+            assert len(lines) == 30 and {json.loads(line)["request_id"] for line in lines} == {
+                r["request_id"] for r in seen
+            }
+            exported = await client.get(f"/v1/jobs/{job_id}/export", params={"format": "csv"})
+            assert exported.headers["content-type"].startswith("text/csv")
+            rows = list(csv.DictReader(io.StringIO(exported.text)))
+            assert len(rows) == 30 and rows[0]["case_id"] and "FAKE_PROVIDER_KEY" not in exported.text
+            bad = await client.get(f"/v1/jobs/{job_id}/export", params={"format": "xml"})
+            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "format"
