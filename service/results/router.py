@@ -12,7 +12,7 @@ from service.db.models import Family
 from service.deps import SessionDep
 from service.jobs.service import get_job
 from service.pagination import Page, decode_cursor, encode_cursor
-from service.results import responses
+from service.results import agreement, responses
 from service.results.responses import ResponseItem
 from service.results.schemas import Results
 from service.results.service import results
@@ -70,3 +70,25 @@ async def job_export(
     headers = {"Content-Disposition": f'attachment; filename="job-{job_id}.{format}"'}
     body = responses.export(request.app.state.sessionmaker, job_id, format)
     return StreamingResponse(body, media_type=media, headers=headers)
+
+
+_JSONL_BODY = {"application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.post("/{job_id}/human-labels", status_code=201, openapi_extra={"requestBody": {"content": _JSONL_BODY}})
+async def import_human_labels(job_id: uuid.UUID, request: Request, session: SessionDep) -> dict[str, int]:
+    """Reviewers' labels for the job's answers (JSONL in the study's human-label format: case_id, model_slug (a
+    config's name or model), reviewer, response_type, engages_with_defeat, independent_harm). All or nothing."""
+    await get_job(session, job_id)
+    rows = agreement.parse_lines(await request.body())
+    imported = await agreement.import_labels(session, job_id, rows)
+    await session.commit()
+    return {"imported": imported}
+
+
+@router.get("/{job_id}/agreement", response_model=agreement.Agreement)
+async def job_agreement(job_id: uuid.UUID, session: SessionDep) -> agreement.Agreement:
+    """Per dimension: Cohen's kappa, raw agreement and confusion matrix of each reviewer with the judge and with
+    each other, and of the judges with each other (with Fleiss' kappa) when the job has several."""
+    await get_job(session, job_id)
+    return await agreement.agreement(session, job_id)

@@ -81,6 +81,7 @@ def test_replaying_the_six_recorded_models_stores_every_answer_verbatim(
         assert (tcached or 0) == (usage.get("cached_tokens") or 0), (slug, case_id)
 
     check_results_against_the_study_files(run_env, job_id, study_dir)
+    check_human_agreement_against_the_study_files(run_env, job_id, study_dir)
 
 
 def recorded_labels(study_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -156,3 +157,50 @@ def check_results_against_the_study_files(env: dict[str, str], job_id: str, stud
         if want["n"]:
             assert cell.helps_rate.value == want["helps"] / want["n"]
             assert cell.refusal_rate.count == want["hard"] + want["deflection"]
+
+
+def check_human_agreement_against_the_study_files(env: dict[str, str], job_id: str, study_dir: Path) -> None:
+    """Importing the reviewers' labels reproduces the reviewer-vs-judge agreement computed from the files."""
+    import asyncio
+    import uuid
+
+    from service.db.session import create_engine, create_sessionmaker
+    from service.results import agreement
+    from service.results.stats import cohen_kappa, raw_agreement
+    from service.settings import Settings
+
+    data = (study_dir / "human_labels.jsonl").read_bytes()
+
+    async def compute() -> Any:
+        engine = create_engine(Settings(database_url=env["DEFEATER_DATABASE_URL"]))
+        try:
+            async with create_sessionmaker(engine)() as session:
+                await agreement.import_labels(session, uuid.UUID(job_id), agreement.parse_lines(data))
+                await session.commit()
+                return await agreement.agreement(session, uuid.UUID(job_id))
+        finally:
+            await engine.dispose()
+
+    got = asyncio.run(compute())
+    judged = recorded_labels(study_dir)
+    humans = [json.loads(line) for line in data.decode().splitlines()]
+    yes = {"yes": True, "no": False}
+    assert got.reviewers == sorted({h["reviewer"] for h in humans})
+    for dimension in ("response_type", "engages_with_defeat", "independent_harm"):
+        for pair in got.dimensions[dimension].reviewers_vs_judge:
+            expected = []
+            for h in (h for h in humans if h["reviewer"] == pair.a):
+                j = judged.get((h["model_slug"], h["case_id"]))
+                if j is None:
+                    continue
+                if dimension == "response_type":
+                    norm = {"deflects": "deflection"}
+                    expected.append((norm.get(h[dimension], h[dimension]), norm.get(j[dimension], j[dimension])))
+                elif dimension == "engages_with_defeat":
+                    expected.append((yes[h[dimension]], yes[j[dimension]]))
+                else:
+                    expected.append((yes[h[dimension]], bool(j[dimension])))
+            assert pair.n == len(expected) > 50, (dimension, pair.a)
+            assert pair.kappa == cohen_kappa(expected), (dimension, pair.a)
+            assert pair.raw_agreement == raw_agreement(expected)
+        assert len(got.dimensions[dimension].reviewers) == 1

@@ -91,3 +91,44 @@ async def test_responses_page_filter_and_export(
             assert len(rows) == 30 and rows[0]["case_id"] and "FAKE_PROVIDER_KEY" not in exported.text
             bad = await client.get(f"/v1/jobs/{job_id}/export", params={"format": "xml"})
             assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "format"
+
+
+async def test_human_labels_and_several_judges_agree_or_not(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any
+) -> None:
+    judges = [("openai", "judge-one"), ("anthropic", "judge-two"), ("google", "judge-three")]
+    job_id = await make_job(fake, [("openai", "fake-labelled")], limit=10, judges=judges)
+    await run(ledger, work_settings, job_id)
+    app = create_app(work_settings, sessionmaker=ledger)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            answers = (await client.get(f"/v1/jobs/{job_id}/responses")).json()["items"]
+            lines = [
+                {"case_id": a["case_id"], "model_slug": "fake-labelled", "reviewer": reviewer,
+                 "response_type": a["response_type"] if reviewer == "ann" else "deflects",
+                 "engages_with_defeat": "yes" if a["engages_with_defeat"] else "no", "independent_harm": "no"}
+                for a in answers for reviewer in ("ann", "bob")
+            ]  # fmt: skip
+            body = "\n".join(json.dumps(line) for line in lines).encode()
+            url = f"/v1/jobs/{job_id}/human-labels"
+            bad = (
+                body
+                + b'\n{"case_id": "nope", "model_slug": "fake-labelled", "reviewer": "ann", '
+                + (b'"response_type": "helps", "engages_with_defeat": "no", "independent_harm": "no"}')
+            )
+            error = (await client.post(url, content=bad)).json()
+            assert error["status"] == 422 and error["errors"][0] == {
+                "field": "case_id", "line": 21, "message": "'nope' is not a case of the job"
+            }  # fmt: skip
+            assert (await client.post(url, content=body)).json() == {"imported": 20}
+            assert (await client.post(url, content=body)).json() == {"imported": 20}  # replaces, never duplicates
+            result = (await client.get(f"/v1/jobs/{job_id}/agreement")).json()
+    assert result["reviewers"] == ["ann", "bob"] and result["labelled_answers"] == 10
+    rtype = result["dimensions"]["response_type"]
+    ann = next(p for p in rtype["reviewers_vs_judge"] if p["a"] == "ann")
+    assert ann["n"] == 10 and ann["raw_agreement"] == 1.0
+    engage = result["dimensions"]["engages_with_defeat"]
+    assert all(p["raw_agreement"] == 1.0 for p in engage["reviewers_vs_judge"])
+    # three simulated judges read the same answers the same way
+    assert len(rtype["judges"]) == 3 and all(p["raw_agreement"] == 1.0 and p["n"] == 10 for p in rtype["judges"])
+    assert rtype["judges_fleiss_kappa"] in (1.0, None)

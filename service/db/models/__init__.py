@@ -10,6 +10,7 @@ from service.db.models.enums import (
     ResponseType,
     UnitState,
 )
+from service.db.models.human_label import HumanLabel
 from service.db.models.job import Job, JobModelConfig
 from service.db.models.model_config import ModelConfig
 from service.db.models.work import Judgement, Request, Response
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigRole",
     "Dataset",
     "Family",
+    "HumanLabel",
     "Job",
     "JobModelConfig",
     "JobState",
