@@ -22,6 +22,7 @@ from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run
 
 TICK_S = 0.05
 IDLE_TICK_S = 0.5
+EMPTY_CLAIM_PAUSE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class _Lane:
         self.model: ledger.Unit = Judgement if judge else Request
         self.queue: collections.deque[tuple[ledger.Claimed, Any]] = collections.deque()
         self.in_flight = 0
+        # after a claim that found nothing, wait a little before asking the database again
+        self.quiet_until = 0.0
 
 
 def _done(lane: _Lane, tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
@@ -173,7 +176,7 @@ class EmbeddedExecutor:
         settings = self.runtime.settings.executor
         for lane in lanes:
             want = 2 * lane.target.concurrency - lane.in_flight - len(lane.queue)
-            if want < max(1, lane.target.concurrency // 2):
+            if want < max(1, lane.target.concurrency // 2) or time.monotonic() < lane.quiet_until:
                 continue
             async with self.sessionmaker() as session:
                 claimed = await ledger.claim(
@@ -181,6 +184,7 @@ class EmbeddedExecutor:
                     settings.lease_s,
                 )  # fmt: skip
                 if not claimed:
+                    lane.quiet_until = time.monotonic() + EMPTY_CLAIM_PAUSE_S
                     continue
                 if lane.judge:
                     contexts = await ledger.judge_contexts(session, [u.ref_id for u in claimed])
