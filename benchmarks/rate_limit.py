@@ -63,8 +63,11 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
         engine = create_engine(settings)
         await upgrade(engine)
         sessionmaker = create_sessionmaker(engine)
+        # the targets are limited; the judge (a model of its own) is not, so that the limit being measured is the
+        # targets' alone
         fake_config = FakeConfig(
-            limits={"*": {"rpm": rpm}}, latency={"distribution": "uniform", "mean_s": latency, "spread": 0.5}
+            limits={f"fake-bench-{i}": {"rpm": rpm} for i in range(models)},
+            latency={"distribution": "uniform", "mean_s": latency, "spread": 0.5},
         )
         async with FakeProvider(fake_config) as fake, sessionmaker() as session:
             limits = ImportLimits(max_cases=1_000_000)
@@ -84,7 +87,13 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
                     }
                 )
                 ids.append((await register(session, body)).config.id)
-            job = await create_job(session, JobCreate(dataset_id=dataset.dataset.id, model_config_ids=ids), settings)
+            judge = ModelConfigCreate.model_validate(
+                {"name": "bench-judge", "provider": "openai", "model": "judge-bench", "base_url": fake.url + "/v1",
+                 "api_key_env": "FAKE_PROVIDER_KEY"}
+            )  # fmt: skip
+            judge_id = (await register(session, judge)).config.id
+            body = JobCreate(dataset_id=dataset.dataset.id, model_config_ids=ids, judge_config_ids=[judge_id])
+            job = await create_job(session, body, settings)
             await session.commit()
             runtime = Runtime.build(settings)
             cpu0, t0 = _cpu_s(), time.monotonic()
@@ -93,7 +102,7 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
             await runtime.adapters.aclose()
             book = await fake.ledger()
         await engine.dispose()
-    per_model = dict(book["by_model"])
+    per_model = {name: entry for name, entry in book["by_model"].items() if name.startswith("fake-bench-")}
     total_calls = book["calls"]
     floor = calls / (rpm / 60)
     return {
@@ -109,8 +118,10 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
         "wall_s": round(wall, 2),
         "floor_s": round(floor, 2),
         "wall_over_floor": round(wall / floor, 3),
+        "calls_including_judge": total_calls,
         "cpu_ms_per_call": round(1000 * cpu / max(total_calls, 1), 2),
         "duplicate_successes": book["duplicate_successes"],
+        "calls_by_model": {k: v["calls"] for k, v in book["by_model"].items()},
     }
 
 
@@ -128,7 +139,8 @@ def main() -> None:
     print(
         f"429s: {figures['http_429']} ({figures['429_per_1000_calls']} per 1,000 calls); "
         f"wall {figures['wall_s']} s vs floor {figures['floor_s']} s ({figures['wall_over_floor']}x); "
-        f"CPU {figures['cpu_ms_per_call']} ms per call (this process: executor + fake)"
+        f"CPU {figures['cpu_ms_per_call']} ms per call over {figures['calls_including_judge']} target and judge calls "
+        "(this process: executor + fake)"
     )
     print(json.dumps(figures))
 
