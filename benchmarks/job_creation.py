@@ -34,7 +34,7 @@ async def _measure(url: str, repeat: int) -> list[float]:
     engine = create_engine(settings, pooled=False)
     await upgrade(engine)
     await engine.dispose()
-    app = create_app(settings)
+    app = create_app(settings, run_jobs=False)  # creation only: nothing is executed
     timings: list[float] = []
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -22,9 +22,18 @@ API_VERSION = "0.1.0"
 
 
 def create_app(
-    settings: Settings | None = None, sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    settings: Settings | None = None,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    *,
+    run_jobs: bool | None = None,
 ) -> FastAPI:
-    """The API. Tests pass a ``sessionmaker`` bound to their own connection; otherwise the lifespan builds one."""
+    """The API. Tests pass a ``sessionmaker`` bound to their own connection; otherwise the lifespan builds one.
+
+    ``run_jobs``: execute posted jobs in this process (default: when embedded, i.e. no Redis, and no sessionmaker
+    was handed in).
+    """
+    if run_jobs is None:
+        run_jobs = sessionmaker is None
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -40,9 +49,19 @@ def create_app(
         async with app.state.sessionmaker() as session:
             await ensure_starter(session)
             await session.commit()
+        app.state.runner = None
+        if settings.embedded and run_jobs:
+            # no Redis: jobs posted here run in this process
+            from workers.executor.background import BackgroundRunner
+            from workers.tasks import Runtime
+
+            app.state.runner = BackgroundRunner(Runtime.build(settings), app.state.sessionmaker)
+            app.state.runner.start()
         try:
             yield
         finally:
+            if app.state.runner is not None:
+                await app.state.runner.stop()
             if engine is not None:
                 await engine.dispose()
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from service.db.models import JobState
 from service.deps import SessionDep, SettingsDep
@@ -25,6 +25,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 )
 async def create_job(
     body: JobCreate,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -33,6 +34,8 @@ async def create_job(
     """Start a job: writes the job and all its request rows at once; work begins in the background."""
     created = await service.create_job(session, body, settings, idempotency_key)
     await session.commit()
+    if getattr(request.app.state, "runner", None) is not None:
+        request.app.state.runner.wake()
     response.status_code = 202 if created.created else 200
     response.headers["Location"] = f"/v1/jobs/{created.job.id}"
     return await service.read_job(session, created.job)

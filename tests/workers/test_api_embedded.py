@@ -1,0 +1,64 @@
+"""``defeater api`` with no Redis runs the jobs posted to it: a client sees them go from queued to completed."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import httpx
+
+from tests.workers.processes import BIN, free_port
+
+
+def test_a_job_posted_to_the_embedded_api_runs_to_completion(fake_process: Any, run_env: dict[str, str]) -> None:
+    fake = fake_process({"latency": {"distribution": "fixed", "mean_s": 0.02}})
+    port = free_port()
+    env = run_env | {"FAKE_PROVIDER_KEY": "x"}
+    api = subprocess.Popen(
+        [str(BIN / "defeater"), "api", "--port", str(port)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            configs = []
+            for name, provider, model, path in [
+                ("gpt", "openai", "fake-gpt", "/v1"),
+                ("judge", "anthropic", "judge-x", ""),
+            ]:
+                body = {"name": name, "provider": provider, "model": model, "base_url": fake + path,
+                        "api_key_env": "FAKE_PROVIDER_KEY"}  # fmt: skip
+                configs.append(client.post("/v1/model-configs", json=body).json()["id"])
+            starter = next(d for d in client.get("/v1/datasets").json()["items"] if d["name"] == "starter")
+            job = client.post(
+                "/v1/jobs",
+                json={"dataset_id": starter["id"], "model_config_ids": configs[:1], "judge_config_ids": configs[1:],
+                      "filters": {"limit": 25}},
+            ).json()  # fmt: skip
+            assert job["state"] in ("queued", "running")
+            seen = set()
+            deadline = time.monotonic() + 60
+            while (status := client.get(f"/v1/jobs/{job['id']}").json())["state"] != "completed":
+                seen.add(status["state"])
+                assert time.monotonic() < deadline, status
+                time.sleep(0.2)
+            assert status["progress"]["requests"]["succeeded"] == 25
+            assert status["progress"]["judgements"] == {"total": 25, "pending": 0, "leased": 0, "succeeded": 25,
+                                                        "failed": 0}  # fmt: skip
+            assert status["tokens"]["input"] > 0 and status["cost_usd"] > 0
+            results = client.get(f"/v1/jobs/{job['id']}/results").json()
+            assert results["overall"]["all"]["n"] == 25
+    finally:
+        api.terminate()
+        _, err = api.communicate(timeout=30)
+    assert api.returncode == 0 or "Traceback" not in err, err
