@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
 TOKEN_WINDOW_S = 6.0  # the token bucket holds this many seconds' worth of the TPM limit
+
+
+class KeyLimiter(Protocol):
+    """What a call needs from its key's limits, local (this process) or fleet-wide (Redis)."""
+
+    async def acquire(self, estimated_tokens: int) -> None: ...
+
+    async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None: ...
+
+    async def pause(self, seconds: float) -> None: ...
+
+
+class LimitsSource(Protocol):
+    def for_key(self, key: str, rpm: int | None, tpm: int | None) -> KeyLimiter: ...
 
 
 class KeyLimits:
@@ -49,12 +64,12 @@ class KeyLimits:
             await self._requests.acquire()
         await self.wait_unpaused()
 
-    def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
+    async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Correct the token estimate by the call's real usage (a shortfall is taken from the next call)."""
         if self._tokens is not None and actual_tokens is not None:
             self.token_debt += actual_tokens - estimated_tokens
 
-    def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
         """Stop every call on this key for ``seconds`` (the provider's reset after a 429)."""
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 

@@ -16,7 +16,7 @@ from workers.executor.ledger import Claimed, JudgeContext
 from workers.executor.writer import ResultWriter, UnitUpdate
 from workers.judge.prompt import PROMPT_VERSION, SCHEMA, SCHEMA_NAME, CaseView, parse, render
 from workers.judge.prompt import SYSTEM as JUDGE_SYSTEM
-from workers.limits import KeyLimits, Limits
+from workers.limits import KeyLimiter, Limits, LimitsSource
 from workers.providers.base import CallResult, CallSpec, ProviderError, RetryKind
 from workers.providers.errors import classify
 from workers.providers.prices import PriceTable
@@ -96,7 +96,7 @@ class Runtime:
 
     settings: Settings
     adapters: Adapters
-    limits: Limits
+    limits: LimitsSource
     prices: PriceTable
     rng: random.Random = field(default_factory=random.Random)
 
@@ -109,7 +109,7 @@ class Runtime:
             prices=PriceTable.load(settings.providers.prices_file),
         )
 
-    def key_limits(self, target: Target) -> KeyLimits:
+    def key_limits(self, target: Target) -> KeyLimiter:
         return self.limits.for_key(target.endpoint.limit_key(target.model), target.rpm, target.tpm)
 
 
@@ -171,13 +171,13 @@ async def _call(runtime: Runtime, stats: Stats, target: Target, spec: CallSpec) 
     except ProviderError as exc:
         if classify(exc).kind is RetryKind.rate_limited:
             stats.rate_limited += 1
-            key_limits.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)
+            await key_limits.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)
         return exc
     except Exception as exc:  # a bug must become a failed unit with its reason, not a lost task
         return ProviderError("internal_error", repr(exc))
     finally:
         stats.in_flight -= 1
-    key_limits.settle(estimate, result.usage.total or None)
+    await key_limits.settle(estimate, result.usage.total or None)
     return result
 
 

@@ -22,7 +22,7 @@ async def test_rpm_is_paced_evenly_not_in_bursts() -> None:
 
 async def test_a_pause_holds_every_caller_until_it_ends() -> None:
     limits = KeyLimits(rpm=None, tpm=None, safety=1.0)
-    limits.pause(0.3)
+    await limits.pause(0.3)
     started = time.monotonic()
     await asyncio.gather(*(limits.acquire(1) for _ in range(5)))
     assert time.monotonic() - started >= 0.29
@@ -31,7 +31,7 @@ async def test_a_pause_holds_every_caller_until_it_ends() -> None:
 async def test_tokens_over_the_estimate_are_taken_from_the_next_call() -> None:
     limits = KeyLimits(rpm=None, tpm=60_000, safety=1.0)  # 6,000 tokens per 6 s bucket, 1,000 a second
     await limits.acquire(5_000)
-    limits.settle(5_000, 5_900)
+    await limits.settle(5_000, 5_900)
     started = time.monotonic()
     await limits.acquire(1_000)  # 1,000 + 900 owed, with 1,000 free: waits for ~900 to leak, about 0.9 s
     assert 0.75 <= time.monotonic() - started <= 1.5

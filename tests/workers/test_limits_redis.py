@@ -1,0 +1,93 @@
+"""Fleet-wide limits on the real Redis: several processes pace one key together; a 429 pauses all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from workers.limits_redis import KEY_PREFIX, RedisLimits
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+# one worker process: acquire N slots on a key and print when each was granted
+WORKER = """
+import asyncio, json, sys, time
+from redis.asyncio import Redis
+from workers.limits_redis import RedisLimits
+async def main(url, key, rpm, n):
+    redis = Redis.from_url(url)
+    limits = RedisLimits(redis, safety=1.0).for_key(key, rpm, None)
+    stamps = []
+    for _ in range(n):
+        await limits.acquire(10)
+        stamps.append(time.time())
+    await redis.aclose()
+    print(json.dumps(stamps))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    keys = [k async for k in client.scan_iter(f"{KEY_PREFIX}test-*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def test_three_processes_share_one_rpm_limit() -> None:
+    key = f"test-{uuid.uuid4().hex}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, REDIS_URL, key, "1200", "15"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    stamps = sorted(t for p in processes for t in json.loads(p.communicate(timeout=60)[0]))
+    assert len(stamps) == 45
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    # 1,200 rpm is one call every 50 ms across the fleet, however the three processes interleave
+    assert min(gaps) >= 0.04, min(gaps)
+    assert 44 * 0.05 * 0.9 <= stamps[-1] - stamps[0] <= 44 * 0.05 * 1.5
+
+
+async def test_a_pause_holds_every_process(redis: Redis) -> None:
+    key = f"test-{uuid.uuid4().hex}"
+    one, other = RedisLimits(redis).for_key(key, None, None), RedisLimits(redis).for_key(key, None, None)
+    await one.pause(0.4)
+    started = time.monotonic()
+    await asyncio.gather(other.acquire(1), one.acquire(1))
+    assert time.monotonic() - started >= 0.38
+
+
+async def test_a_changed_limit_applies_at_the_next_call(redis: Redis) -> None:
+    key = f"test-{uuid.uuid4().hex}"
+    limits = RedisLimits(redis, safety=1.0)
+    slow = limits.for_key(key, 60, None)  # one a second
+    await slow.acquire(1)
+    fast = limits.for_key(key, 6000, None)  # the same key, now 100 a second
+    started = time.monotonic()
+    await fast.acquire(1)  # the slot reserved under the old limit still holds: about a second
+    await fast.acquire(1)
+    await fast.acquire(1)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed <= 1.3
+
+
+async def test_tokens_per_minute_are_shared_and_settled(redis: Redis) -> None:
+    key = f"test-{uuid.uuid4().hex}"
+    limits = RedisLimits(redis, safety=1.0).for_key(key, None, 60_000)  # 1,000 tokens a second, 6 s of burst
+    started = time.monotonic()
+    await limits.acquire(5_000)
+    await limits.settle(5_000, 7_000)  # 2,000 more than reserved
+    await limits.acquire(1_000)  # 1,000 of burst left after 7,000: waits about a second
+    assert 0.8 <= time.monotonic() - started <= 1.6
