@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every process of the distributed deployment (docs/deploy.md):
 #   defeater api --host 0.0.0.0 --port 8000   (the default CMD)
 #   defeater worker                            (k8s/worker-deployment.yaml: args ["worker"])
@@ -33,8 +32,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 
 # a numeric, non-root user, so that Kubernetes' runAsNonRoot can verify it
-RUN groupadd --system --gid 10001 defeater \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin defeater
+# (its home is /tmp, the one writable place in the pods: an emptyDir under a read-only root filesystem)
+RUN groupadd --gid 10001 defeater \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin defeater
 
 COPY --from=builder /opt/venv /opt/venv
 
