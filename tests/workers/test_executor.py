@@ -166,10 +166,14 @@ async def test_a_budget_pauses_the_job_and_resume_continues(
     assert counts.get("pending", 0) >= 16 and "leased" not in counts  # the calls in flight finished, no more
     async with ledger() as session:
         job = await session.get(Job, job_id)
-        assert job is not None and job.paused_reason == "budget"
+        assert job is not None and job.paused_reason == "budget" and job.started_at is not None
+        first_start = job.started_at
         job.budget_usd = 100.0
         await session.commit()
     assert (await run(ledger, work_settings, job_id)).state == "completed"
+    async with ledger() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None and job.started_at == first_start and job.paused_reason is None
     assert await states(ledger, job_id) == {"succeeded": 20}
     assert (await fake.ledger())["duplicate_successes"] == 0
 

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
-from service.db.models import ConfigRole, JobState, Judgement, Request, Response, UnitState
+from service.db.models import ConfigRole, Job, JobState, Judgement, Request, Response, UnitState
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
@@ -110,7 +111,14 @@ class EmbeddedExecutor:
             self._use_cache = await ledger.job_uses_cache(session, job_id)
             if state.final:
                 return RunOutcome(job_id, state.value, self.stats)
-            await ledger.set_job(session, job_id, state=JobState.running, started_at=utcnow(), paused_reason=None)
+            # started_at keeps the first start: a resumed job's throughput and ETA count from there
+            await ledger.set_job(
+                session,
+                job_id,
+                state=JobState.running,
+                started_at=func.coalesce(Job.started_at, utcnow()),
+                paused_reason=None,
+            )
             spent = await ledger.spend(session, job_id)
         default = self.runtime.settings.providers.default_max_concurrency
         lanes = [_Lane(Target.of(c, default)) for c in configs] + [_Lane(Target.of(j, default), True) for j in judges]
