@@ -50,7 +50,13 @@ def create_app(
             await ensure_starter(session)
             await session.commit()
         app.state.runner = None
-        if settings.embedded and run_jobs:
+        app.state.queue = None
+        if settings.redis_url:
+            # distributed: jobs are handed to the workers through Redis, after the commit
+            from arq.connections import RedisSettings, create_pool
+
+            app.state.queue = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+        elif run_jobs:
             # no Redis: jobs posted here run in this process
             from workers.executor.background import BackgroundRunner
             from workers.tasks import Runtime
@@ -62,6 +68,8 @@ def create_app(
         finally:
             if app.state.runner is not None:
                 await app.state.runner.stop()
+            if app.state.queue is not None:
+                await app.state.queue.aclose()
             if engine is not None:
                 await engine.dispose()
 

@@ -486,6 +486,19 @@ def fake_provider_command(
     serve(settings, host=host, port=port)
 
 
+@app.command("worker")
+def worker_command() -> None:
+    """Run an arq worker: target calls, judge calls and the reconciler, for the jobs in Postgres (needs Redis)."""
+    from arq.worker import Worker
+
+    from workers.distributed import worker_settings
+
+    settings = Settings()
+    if not settings.redis_url:
+        raise fail("DEFEATER_REDIS_URL is not set: `defeater worker` serves a distributed deployment")
+    Worker(**worker_settings(settings)).run()
+
+
 @app.command("api")
 def api_command(
     host: Annotated[str, typer.Option()] = "127.0.0.1",

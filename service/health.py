@@ -25,5 +25,12 @@ async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:  # readiness reports any failure as a state, it does not raise
         checks["database"] = f"unreachable: {type(exc).__name__}"
+    queue = getattr(request.app.state, "queue", None)
+    if queue is not None:
+        try:
+            await queue.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
     body = {"status": "ok" if all(v == "ok" for v in checks.values()) else "unavailable", "checks": checks}
     return body if body["status"] == "ok" else JSONResponse(body, status_code=503)

@@ -77,6 +77,8 @@ class ExecutorSettings(BaseModel):
     max_attempts: int = Field(default=6, ge=1)
     max_rate_limited: int = Field(default=50, ge=1)
     quarantine_after: int = Field(default=3, ge=2)
+    # tasks one `defeater worker` process runs at once (each is one I/O-bound provider call)
+    worker_max_jobs: int = Field(default=500, ge=1)
     # a judge answer that does not validate is asked again this many times in all, then stored as unscorable
     judge_parse_attempts: int = Field(default=3, ge=1)
     backoff_base_s: float = Field(default=1.0, gt=0)

@@ -182,7 +182,14 @@ async def _call(runtime: Runtime, stats: Stats, target: Target, spec: CallSpec) 
 
 
 async def run_request(
-    runtime: Runtime, writer: ResultWriter, stats: Stats, job_id: uuid.UUID, target: Target, unit: Claimed, prompt: str
+    runtime: Runtime,
+    writer: ResultWriter,
+    stats: Stats,
+    job_id: uuid.UUID,
+    target: Target,
+    unit: Claimed,
+    prompt: str,
+    judges: list[uuid.UUID] | None = None,
 ) -> None:
     """Call the provider for one leased request and hand the outcome to the writer. Never raises."""
     result = await _call(runtime, stats, target, target.spec(prompt, idempotency_key=str(unit.id)))
@@ -193,7 +200,7 @@ async def run_request(
     row["cost_usd"] = runtime.prices.cost(target.model, result.usage)
     stats.spend_usd += row["cost_usd"] or 0.0
     stats.succeeded += 1
-    writer.add(UnitUpdate(unit.id, UnitState.succeeded, rate_limited=unit.rate_limited), row)
+    writer.add(UnitUpdate(unit.id, UnitState.succeeded, rate_limited=unit.rate_limited), row, judges)
 
 
 async def run_judgement(
@@ -244,7 +251,8 @@ async def run_judgement(
         writer.add_judgement(update, values)
     else:
         stats.retries += 1
-        writer.add_judgement(UnitUpdate(unit.id, UnitState.pending, rate_limited=unit.rate_limited), values)
+        retry = UnitUpdate(unit.id, UnitState.pending, rate_limited=unit.rate_limited, attempt=unit.attempts)
+        writer.add_judgement(retry, values)
 
 
 def failure_update(runtime: Runtime, stats: Stats, unit: Claimed, exc: ProviderError) -> UnitUpdate:
@@ -285,4 +293,5 @@ def failure_update(runtime: Runtime, stats: Stats, unit: Claimed, exc: ProviderE
         rate_limited=rate_limited,
         last_error=signature,
         error_repeats=repeats,
+        attempt=unit.attempts,
     )

@@ -36,6 +36,9 @@ async def create_job(
     await session.commit()
     if getattr(request.app.state, "runner", None) is not None:
         request.app.state.runner.wake()
+    if getattr(request.app.state, "queue", None) is not None:
+        # after the commit, ids only, a deterministic task id: a repeated enqueue is harmless
+        await request.app.state.queue.enqueue_job("dispatch", str(created.job.id), _job_id=f"dispatch:{created.job.id}")
     response.status_code = 202 if created.created else 200
     response.headers["Location"] = f"/v1/jobs/{created.job.id}"
     return await service.read_job(session, created.job)

@@ -51,6 +51,7 @@ async def test_every_wire_format_completes_a_job(
     assert all(r.provider_request_id for r in stored)
     ledger_ = await fake.ledger()
     assert ledger_["successes"] == 72 and ledger_["duplicate_successes"] == 0  # 36 answers, 36 judge calls
+    assert ledger_["idempotent_replays"] == 0  # nothing was asked twice
     async with ledger() as session:
         judged = (await session.execute(select(Judgement).where(Judgement.job_id == job_id))).scalars().all()
     assert len(judged) == 36 and all(j.state is UnitState.succeeded for j in judged)

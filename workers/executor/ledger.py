@@ -121,6 +121,34 @@ async def claim(
     return [Claimed(*row) for row in rows]
 
 
+async def claim_one(
+    session: AsyncSession, model: Unit, unit_id: uuid.UUID, holder: str, lease_s: float
+) -> Claimed | None:
+    """Lease one unit by id if it is pending and due (a queue task names its unit). Commits."""
+    now = utcnow()
+    ref, sample = _ref_columns(model)
+    stmt = (
+        update(model)
+        .where(
+            model.id == unit_id,
+            model.state == UnitState.pending,
+            or_(model.not_before.is_(None), model.not_before <= now),
+        )
+        .values(
+            state=UnitState.leased,
+            leased_by=holder,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempts=model.attempts + 1,
+            updated_at=now,
+        )
+        .returning(model.id, ref, sample, model.attempts, model.rate_limited, model.error_repeats, model.last_error)
+        .execution_options(synchronize_session=False)
+    )
+    row = (await session.execute(stmt)).first()
+    await session.commit()
+    return Claimed(*row) if row else None
+
+
 async def reclaim_leases(session: AsyncSession, job_id: uuid.UUID) -> int:
     """Return expired leases, and leases of processes on this host that died, to pending. Commits."""
     now = utcnow()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,18 @@ class UnitUpdate:
     error_repeats: int = 0
     failure_reason: str | None = None
     failure_detail: str | None = None
+    # how many times the unit has been leased, for the queue's task ids (a retry is a new task)
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one flush committed: for a distributed worker to enqueue follow-up tasks after the commit."""
+
+    job_ids: set[uuid.UUID]
+    new_judgements: list[uuid.UUID]
+    retried_requests: list[UnitUpdate]
+    retried_judgements: list[UnitUpdate]
 
 
 # what a finished judgement call stores on its row (all None until it succeeds)
@@ -76,10 +89,12 @@ class ResultWriter:
         interval_s: float,
         max_batch: int,
         judges: list[uuid.UUID] | None = None,
+        after_commit: Callable[[Written], Awaitable[None]] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.holder = holder
         self.judges = judges or []
+        self.after_commit = after_commit
         self.interval_s = interval_s
         self.max_batch = max_batch
         self._batch = _Batch()
@@ -92,12 +107,14 @@ class ResultWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="result-writer")
 
-    def add(self, update_: UnitUpdate, response: dict[str, Any] | None = None) -> None:
-        """A request's new state, with its response; an answer gets a pending judgement per judge."""
+    def add(
+        self, update_: UnitUpdate, response: dict[str, Any] | None = None, judges: list[uuid.UUID] | None = None
+    ) -> None:
+        """A request's new state, with its response; an answer gets a pending judgement per judge of its job."""
         if response is not None:
             self._batch.responses.append(response)
             if response["outcome"] == "answer":
-                self._batch.judgements.extend(self._new_judgements(response))
+                self._batch.judgements.extend(self._new_judgements(response, judges))
         self._batch.updates.append(update_)
         self._maybe_wake()
 
@@ -115,7 +132,7 @@ class ResultWriter:
         if len(self._batch) >= self.max_batch:
             self._wake.set()
 
-    def _new_judgements(self, response: dict[str, Any]) -> list[dict[str, Any]]:
+    def _new_judgements(self, response: dict[str, Any], judges: list[uuid.UUID] | None = None) -> list[dict[str, Any]]:
         now = utcnow()
         return [
             {
@@ -130,7 +147,7 @@ class ResultWriter:
                 "created_at": now,
                 "updated_at": now,
             }
-            for judge in self.judges
+            for judge in (self.judges if judges is None else judges)
         ]
 
     async def _run(self) -> None:
@@ -160,6 +177,8 @@ class ResultWriter:
                     await session.execute(_UPDATE_JUDGEMENT, params)
                 await session.commit()
             self.written += len(batch)
+        if self.after_commit is not None:
+            await self.after_commit(_written(batch))
 
     def _params(self, u: UnitUpdate) -> dict[str, Any]:
         return {
@@ -217,3 +236,13 @@ def _insert_ignoring_duplicates(session: AsyncSession, table: Table) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return pg_insert(table).on_conflict_do_nothing(index_elements=key)
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=key)
+
+
+def _written(batch: _Batch) -> Written:
+    jobs = {r["job_id"] for r in batch.responses} | {j["job_id"] for j in batch.judgements}
+    return Written(
+        job_ids=jobs,
+        new_judgements=[j["id"] for j in batch.judgements],
+        retried_requests=[u for u in batch.updates if u.state is UnitState.pending],
+        retried_judgements=[u for u, _ in batch.judged if u.state is UnitState.pending],
+    )

@@ -242,7 +242,7 @@ class FakeApp:
         try:
             outcome = await self._serve(call, receive, send)
         finally:
-            self.ledger.finish(req.model, prompt_sha256, outcome, ticket.generation)
+            self.ledger.finish(req.model, prompt_sha256, outcome, ticket.generation, headers.get("idempotency-key"))
 
     def _has_key(self, call: _Call) -> bool:
         if call.req.wire is Wire.gemini:

@@ -78,8 +78,13 @@ class Ledger:
         stats.peak_concurrency = max(stats.peak_concurrency, stats.in_flight)
         return Ticket(earlier, self.generation)
 
-    def finish(self, model: str, prompt_sha256: str, outcome: str, generation: int) -> None:
-        """Count a call's outcome: an HTTP status ("200", "429", ...), "malformed", "drop", "hang" or a replay."""
+    def finish(self, model: str, prompt_sha256: str, outcome: str, generation: int, unit: str | None = None) -> None:
+        """Count a call's outcome: an HTTP status ("200", "429", ...), "malformed", "drop", "hang" or a replay.
+
+        ``unit`` is the caller's Idempotency-Key: two different units may send the same prompt (two models giving
+        the judge the same answer to the same case); only repeats of one unit, or of a keyless prompt, are
+        duplicates.
+        """
         if generation != self.generation:
             return
         self.in_flight -= 1
@@ -93,7 +98,7 @@ class Ledger:
         if outcome == RATE_LIMITED:
             stats.rate_limited += 1
         if outcome == SUCCESS:
-            self._success(model, prompt_sha256, stats)
+            self._success(model, f"{prompt_sha256}:{unit}" if unit else prompt_sha256, stats)
 
     def _success(self, model: str, prompt_sha256: str, stats: _ModelStats) -> None:
         now = time.time()

@@ -1,0 +1,109 @@
+"""Distributed mode as deployed: ``defeater api`` and two ``defeater worker`` processes on Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from tests.conftest import _create_postgres_database, _drop_postgres_database
+from tests.workers.processes import BIN, free_port, ledger
+
+REDIS_URL = "redis://127.0.0.1:6379/3"
+
+
+@pytest.fixture
+def deployment(fake_process: Any, run_env: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """A fresh Postgres database and Redis db, migrated; the API and two workers; the fake provider."""
+    name, url = asyncio.run(_create_postgres_database())
+    Redis.from_url(REDIS_URL).flushdb()
+    env = run_env | {"DEFEATER_DATABASE_URL": url, "DEFEATER_REDIS_URL": REDIS_URL, "FAKE_PROVIDER_KEY": "x"}
+    subprocess.run([str(BIN / "defeater"), "db", "upgrade"], env=env, check=True, capture_output=True)
+    port = free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    api = subprocess.Popen([str(BIN / "defeater"), "api", "--port", str(port)], env=env, **quiet)  # type: ignore[call-overload]
+    workers = [subprocess.Popen([str(BIN / "defeater"), "worker"], env=env, **quiet) for _ in range(2)]  # type: ignore[call-overload]
+    fake = fake_process({"latency": {"distribution": "uniform", "mean_s": 0.05, "spread": 0.5}})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).json()["checks"] == {"database": "ok", "redis": "ok"}:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the API did not become ready"
+        time.sleep(0.2)
+    try:
+        yield {"base": base, "fake": fake, "workers": workers, "env": env}
+    finally:
+        for process in [api, *workers]:
+            process.terminate()
+        for process in [api, *workers]:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        asyncio.run(_drop_postgres_database(name))
+        Redis.from_url(REDIS_URL).flushdb()
+
+
+def _start_job(client: httpx.Client, fake: str, limit: int) -> str:
+    configs = []
+    for name, provider, model, path in [
+        ("gpt", "openai", "fake-gpt", "/v1"), ("claude", "anthropic", "fake-claude", ""),
+        ("judge", "google", "judge-g", ""),
+    ]:  # fmt: skip
+        body = {"name": name, "provider": provider, "model": model, "base_url": fake + path,
+                "api_key_env": "FAKE_PROVIDER_KEY"}  # fmt: skip
+        configs.append(client.post("/v1/model-configs", json=body).json()["id"])
+    starter = next(d for d in client.get("/v1/datasets").json()["items"] if d["name"] == "starter")
+    body = {"dataset_id": starter["id"], "model_config_ids": configs[:2], "judge_config_ids": configs[2:],
+            "filters": {"limit": limit}}  # fmt: skip
+    job = client.post("/v1/jobs", json=body)
+    assert job.status_code == 202, job.text
+    return str(job.json()["id"])
+
+
+def _wait(client: httpx.Client, job_id: str, seconds: float) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while (status := client.get(f"/v1/jobs/{job_id}").json())["state"] != "completed":
+        assert time.monotonic() < deadline, (status["progress"], status["errors_by_kind"])
+        time.sleep(0.25)
+    return status
+
+
+def test_workers_run_a_job_posted_to_the_api(deployment: dict[str, Any]) -> None:
+    with httpx.Client(base_url=deployment["base"], timeout=10) as client:
+        job_id = _start_job(client, deployment["fake"], 40)
+        status = _wait(client, job_id, 90)
+        assert status["progress"]["requests"]["succeeded"] == 80
+        assert status["progress"]["judgements"] == {"total": 80, "pending": 0, "leased": 0, "succeeded": 80,
+                                                    "failed": 0}  # fmt: skip
+        assert client.get(f"/v1/jobs/{job_id}/results").json()["overall"]["all"]["n"] == 80
+    book = ledger(deployment["fake"])
+    # undisturbed, no unit is ever called twice: no duplicates, and no repeated Idempotency-Key either
+    assert book["successes"] == 160 and book["duplicate_successes"] == 0 and book["idempotent_replays"] == 0
+
+
+def test_a_worker_killed_midway_and_a_flushed_redis_lose_nothing(deployment: dict[str, Any]) -> None:
+    with httpx.Client(base_url=deployment["base"], timeout=10) as client:
+        job_id = _start_job(client, deployment["fake"], 120)
+        while ledger(deployment["fake"])["successes"] < 40:
+            time.sleep(0.05)
+        os.kill(deployment["workers"][0].pid, signal.SIGKILL)
+        deployment["workers"][0].wait()  # reaped: its leases belong to a dead process on this host
+        Redis.from_url(REDIS_URL).flushdb()  # the queue is gone; Postgres still knows every unit
+        status = _wait(client, job_id, 100)
+        assert status["progress"]["requests"]["succeeded"] == 240
+        assert status["progress"]["judgements"]["succeeded"] == 240
+    book = ledger(deployment["fake"])
+    assert book["duplicate_successes"] == 0, (book["duplicates"], book["idempotent_replays"], book["by_status"])

@@ -1,0 +1,233 @@
+"""``defeater worker``: arq tasks over Postgres and Redis, running the same unit code as the embedded executor.
+
+Postgres is the truth; Redis only carries wake-ups. Task ids are deterministic (``req:<id>:<attempt>``), so an
+enqueue repeated by the reconciler is harmless, and every task checks the ledger before doing anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from arq import cron
+from arq.connections import ArqRedis, RedisSettings
+from sqlalchemy import func, select
+
+from service.db.base import utcnow
+from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
+from service.db.session import create_engine, create_sessionmaker
+from service.settings import Settings
+from workers.executor import ledger
+from workers.executor.writer import ResultWriter, UnitUpdate, Written
+from workers.limits_redis import RedisLimits
+from workers.providers.prices import PriceTable
+from workers.providers.registry import Adapters
+from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
+
+RECONCILE_EVERY_S = 15
+
+
+def request_task_id(unit_id: uuid.UUID, attempt: int) -> str:
+    return f"req:{unit_id}:{attempt}"
+
+
+def judgement_task_id(unit_id: uuid.UUID, attempt: int) -> str:
+    return f"jdg:{unit_id}:{attempt}"
+
+
+async def enqueue_units(redis: ArqRedis, kind: str, units: list[tuple[uuid.UUID, int, datetime | None]]) -> None:
+    """Enqueue tasks for (unit id, attempts so far, due time) of one kind; an existing task id is left alone."""
+    function, task_id = (
+        ("run_request_task", request_task_id) if kind == "requests" else ("run_judgement_task", judgement_task_id)
+    )
+    for unit_id, attempt, due in units:
+        defer = due if due is not None and due > datetime.now(UTC) else None
+        await redis.enqueue_job(function, str(unit_id), _job_id=task_id(unit_id, attempt), _defer_until=defer)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings = Settings()
+    engine = create_engine(settings)
+    ctx["engine"] = engine
+    ctx["sessionmaker"] = create_sessionmaker(engine)
+    ctx["settings"] = settings
+    ctx["runtime"] = Runtime(
+        settings=settings,
+        adapters=Adapters(settings.providers),
+        limits=RedisLimits(ctx["redis"], settings.providers.rate_safety),
+        prices=PriceTable.load(settings.providers.prices_file),
+    )
+    ctx["holder"] = ledger.holder_id()
+    ctx["stats"] = Stats()
+    ctx["targets"] = {}
+    ctx["jobs"] = {}
+
+    async def after_commit(written: Written) -> None:
+        await _follow_up(ctx, written)
+
+    executor = settings.executor
+    ctx["writer"] = ResultWriter(
+        ctx["sessionmaker"], ctx["holder"], executor.flush_interval_s, executor.flush_batch, after_commit=after_commit
+    )
+    ctx["writer"].start()
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["writer"].close()
+    async with ctx["sessionmaker"]() as session:
+        await ledger.release_leases(session, ctx["holder"])
+    await ctx["runtime"].adapters.aclose()
+    await ctx["engine"].dispose()
+
+
+async def _follow_up(ctx: dict[str, Any], written: Written) -> None:
+    """After a commit: judge new answers, retry backed-off units, finish jobs whose units are all final."""
+    redis: ArqRedis = ctx["redis"]
+    await enqueue_units(redis, "judgements", [(j, 0, None) for j in written.new_judgements])
+    await enqueue_units(redis, "requests", [(u.id, u.attempt, u.not_before) for u in written.retried_requests])
+    await enqueue_units(redis, "judgements", [(u.id, u.attempt, u.not_before) for u in written.retried_judgements])
+    for job_id in written.job_ids:
+        await finish_if_done(ctx, job_id)
+
+
+async def finish_if_done(ctx: dict[str, Any], job_id: uuid.UUID) -> None:
+    async with ctx["sessionmaker"]() as session:
+        state, _, _ = await ledger.job_state(session, job_id)
+        if state is JobState.running and not await ledger.open_units(session, job_id):
+            final = JobState.completed if await ledger.any_succeeded(session, job_id) else JobState.failed
+            await ledger.set_job(session, job_id, state=final, finished_at=utcnow())
+
+
+async def dispatch(ctx: dict[str, Any], job_id: str) -> int:
+    """Start a job: mark it running and enqueue a task per open unit. Idempotent."""
+    job = uuid.UUID(job_id)
+    async with ctx["sessionmaker"]() as session:
+        state, _, _ = await ledger.job_state(session, job)
+        if state.final:
+            return 0
+        await ledger.set_job(session, job, state=JobState.running, started_at=func.coalesce(Job.started_at, utcnow()))
+    return await enqueue_open(ctx, job)
+
+
+async def enqueue_open(ctx: dict[str, Any], job_id: uuid.UUID) -> int:
+    """Enqueue every pending unit of the job (deterministic task ids: queued ones are not doubled)."""
+    count = 0
+    for kind, model in (("requests", Request), ("judgements", Judgement)):
+        query = select(model.id, model.attempts, model.not_before).where(
+            model.job_id == job_id, model.state == UnitState.pending
+        )
+        async with ctx["sessionmaker"]() as session:
+            units = [(row[0], row[1], row[2]) for row in (await session.execute(query)).all()]
+        await enqueue_units(ctx["redis"], kind, units)
+        count += len(units)
+    return count
+
+
+async def _job_info(ctx: dict[str, Any], job_id: uuid.UUID) -> tuple[JobState, bool, list[uuid.UUID]]:
+    async with ctx["sessionmaker"]() as session:
+        state, _, _ = await ledger.job_state(session, job_id)
+        if job_id not in ctx["jobs"]:
+            judges = [c.id for c in await ledger.job_configs(session, job_id, ConfigRole.judge)]
+            ctx["jobs"][job_id] = (await ledger.job_uses_cache(session, job_id), judges)
+    use_cache, judges = ctx["jobs"][job_id]
+    return state, use_cache, judges
+
+
+async def _target(ctx: dict[str, Any], config_id: uuid.UUID) -> Target:
+    if config_id not in ctx["targets"]:
+        async with ctx["sessionmaker"]() as session:
+            config = await session.get(ModelConfig, config_id)
+        assert config is not None
+        ctx["targets"][config_id] = Target.of(config, ctx["settings"].providers.default_max_concurrency)
+    target: Target = ctx["targets"][config_id]
+    return target
+
+
+async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
+    """One target call, if the request is still pending and due and its job still running."""
+    settings: Settings = ctx["settings"]
+    async with ctx["sessionmaker"]() as session:
+        row = (
+            await session.execute(select(Request.job_id, Request.model_config_id).where(Request.id == request_id))
+        ).first()
+        if row is None:
+            return "unknown"
+        job_id, config_id = row
+        state, use_cache, judges = await _job_info(ctx, job_id)
+        if state is not JobState.running:
+            return f"job {state.value}"
+        unit = await ledger.claim_one(session, Request, uuid.UUID(request_id), ctx["holder"], settings.executor.lease_s)
+        if unit is None:
+            return "not due"
+        target = await _target(ctx, config_id)
+        prompt = (await ledger.prompts(session, [unit.ref_id]))[unit.ref_id]
+        earlier = (
+            (await ledger.cached_answers(session, [target.cache_key(prompt, unit.sample_index)])) if use_cache else {}
+        )
+    if earlier:
+        row_ = reused_row(job_id, target, unit, next(iter(earlier.values())))
+        ctx["writer"].add(UnitUpdate(unit.id, UnitState.succeeded), row_, judges)
+        return "reused"
+    await run_request(ctx["runtime"], ctx["writer"], ctx["stats"], job_id, target, unit, prompt, judges)
+    return "called"
+
+
+async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
+    """One judge call, if the judgement is still pending and due and its job still running."""
+    settings: Settings = ctx["settings"]
+    async with ctx["sessionmaker"]() as session:
+        row = (
+            await session.execute(
+                select(Judgement.job_id, Judgement.judge_config_id).where(Judgement.id == judgement_id)
+            )
+        ).first()
+        if row is None:
+            return "unknown"
+        job_id, judge_id = row
+        state, _, _ = await _job_info(ctx, job_id)
+        if state is not JobState.running:
+            return f"job {state.value}"
+        unit = await ledger.claim_one(
+            session, Judgement, uuid.UUID(judgement_id), ctx["holder"], settings.executor.lease_s
+        )
+        if unit is None:
+            return "not due"
+        judge = await _target(ctx, judge_id)
+        context = (await ledger.judge_contexts(session, [unit.ref_id]))[unit.ref_id]
+    await run_judgement(ctx["runtime"], ctx["writer"], ctx["stats"], judge, unit, context)
+    return "called"
+
+
+async def reconcile(ctx: dict[str, Any]) -> int:
+    """Postgres is the truth: reclaim dead leases, re-enqueue open units of running jobs, finish finished jobs."""
+    async with ctx["sessionmaker"]() as session:
+        running = list((await session.execute(select(Job.id).where(Job.state == JobState.running))).scalars())
+        queued = list((await session.execute(select(Job.id).where(Job.state == JobState.queued))).scalars())
+    for job_id in queued:
+        await dispatch(ctx, str(job_id))
+    total = 0
+    for job_id in running:
+        async with ctx["sessionmaker"]() as session:
+            await ledger.reclaim_leases(session, job_id)
+        total += await enqueue_open(ctx, job_id)
+        await finish_if_done(ctx, job_id)
+    return total
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """arq's WorkerSettings for this deployment."""
+    assert settings.redis_url, "DEFEATER_REDIS_URL is required for `defeater worker`"
+    return {
+        "functions": [dispatch, run_request_task, run_judgement_task],
+        "cron_jobs": [cron(reconcile, second=set(range(0, 60, RECONCILE_EVERY_S)), run_at_startup=True)],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "max_jobs": settings.executor.worker_max_jobs,
+        "job_timeout": settings.providers.timeout_s + 60,
+        "job_completion_wait": int(settings.providers.timeout_s + 30),
+        "keep_result": 60,
+        "max_tries": 1000,
+        "handle_signals": True,
+    }
