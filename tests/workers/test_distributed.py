@@ -56,14 +56,15 @@ def deployment(fake_process: Any, run_env: dict[str, str]) -> Iterator[dict[str,
         Redis.from_url(REDIS_URL).flushdb()
 
 
-def _start_job(client: httpx.Client, fake: str, limit: int) -> str:
+def _start_job(client: httpx.Client, fake: str, limit: int, rpm: int | None = None) -> str:
     configs = []
     for name, provider, model, path in [
         ("gpt", "openai", "fake-gpt", "/v1"), ("claude", "anthropic", "fake-claude", ""),
         ("judge", "google", "judge-g", ""),
     ]:  # fmt: skip
+        limits = {"rpm": rpm} if rpm and name != "judge" else {}
         body = {"name": name, "provider": provider, "model": model, "base_url": fake + path,
-                "api_key_env": "FAKE_PROVIDER_KEY"}  # fmt: skip
+                "api_key_env": "FAKE_PROVIDER_KEY", "limits": limits}  # fmt: skip
         configs.append(client.post("/v1/model-configs", json=body).json()["id"])
     starter = next(d for d in client.get("/v1/datasets").json()["items"] if d["name"] == "starter")
     body = {"dataset_id": starter["id"], "model_config_ids": configs[:2], "judge_config_ids": configs[2:],
@@ -107,3 +108,24 @@ def test_a_worker_killed_midway_and_a_flushed_redis_lose_nothing(deployment: dic
         assert status["progress"]["judgements"]["succeeded"] == 240
     book = ledger(deployment["fake"])
     assert book["duplicate_successes"] == 0, (book["duplicates"], book["idempotent_replays"], book["by_status"])
+
+
+def test_three_workers_stay_under_one_provider_limit_together(deployment: dict[str, Any], fake_process: Any) -> None:
+    env = deployment["env"]
+    third = subprocess.Popen([str(BIN / "defeater"), "worker"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    fake = fake_process({"limits": {"fake-gpt": {"rpm": 600}, "fake-claude": {"rpm": 600}}})
+    try:
+        with httpx.Client(base_url=deployment["base"], timeout=10) as client:
+            job_id = _start_job(client, fake, 60, rpm=600)
+            _wait(client, job_id, 100)
+    finally:
+        third.terminate()
+        third.wait(timeout=30)
+    book = ledger(fake)
+    for model in ("fake-gpt", "fake-claude"):
+        entry = book["by_model"][model]
+        assert entry["successes"] == 60 and entry["rate_limited"] == 0, entry
+        # 60 calls paced fleet-wide at 0.99 x 600 rpm: 59 gaps of at least 0.1 s
+        assert entry["achieved_rpm"] * 59 / 60 <= 600
+    assert book["duplicate_successes"] == 0 and book["idempotent_replays"] == 0
