@@ -79,6 +79,25 @@ def _ref_columns(model: Unit) -> tuple[Any, Any]:
     return Judgement.request_id, literal(0)
 
 
+def _lease(model: Unit, which: Any, holder: str, lease_s: float) -> Any:
+    """UPDATE ... SET leased ... RETURNING what a call needs, for the units ``which`` selects."""
+    now = utcnow()
+    ref, sample = _ref_columns(model)
+    return (
+        update(model)
+        .where(which, model.state == UnitState.pending, or_(model.not_before.is_(None), model.not_before <= now))
+        .values(
+            state=UnitState.leased,
+            leased_by=holder,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempts=model.attempts + 1,
+            updated_at=now,
+        )
+        .returning(model.id, ref, sample, model.attempts, model.rate_limited, model.error_repeats, model.last_error)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def claim(
     session: AsyncSession,
     model: Unit,
@@ -102,21 +121,7 @@ async def claim(
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    ref, sample = _ref_columns(model)
-    stmt = (
-        update(model)
-        .where(model.id.in_(due.scalar_subquery()))
-        .values(
-            state=UnitState.leased,
-            leased_by=holder,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            attempts=model.attempts + 1,
-            updated_at=now,
-        )
-        .returning(model.id, ref, sample, model.attempts, model.rate_limited, model.error_repeats, model.last_error)
-        .execution_options(synchronize_session=False)
-    )
-    rows = (await session.execute(stmt)).all()
+    rows = (await session.execute(_lease(model, model.id.in_(due.scalar_subquery()), holder, lease_s))).all()
     await session.commit()
     return [Claimed(*row) for row in rows]
 
@@ -125,26 +130,7 @@ async def claim_one(
     session: AsyncSession, model: Unit, unit_id: uuid.UUID, holder: str, lease_s: float
 ) -> Claimed | None:
     """Lease one unit by id if it is pending and due (a queue task names its unit). Commits."""
-    now = utcnow()
-    ref, sample = _ref_columns(model)
-    stmt = (
-        update(model)
-        .where(
-            model.id == unit_id,
-            model.state == UnitState.pending,
-            or_(model.not_before.is_(None), model.not_before <= now),
-        )
-        .values(
-            state=UnitState.leased,
-            leased_by=holder,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            attempts=model.attempts + 1,
-            updated_at=now,
-        )
-        .returning(model.id, ref, sample, model.attempts, model.rate_limited, model.error_repeats, model.last_error)
-        .execution_options(synchronize_session=False)
-    )
-    row = (await session.execute(stmt)).first()
+    row = (await session.execute(_lease(model, model.id == unit_id, holder, lease_s))).first()
     await session.commit()
     return Claimed(*row) if row else None
 
