@@ -25,14 +25,19 @@ WIRES = {
 PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "google": ""}
 
 
-def recorded(study_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+def _by_model_and_case(study_dir: Path, folder: str) -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
     for slug in WIRES:
-        with gzip.open(study_dir / "responses" / f"{slug}.jsonl.gz", "rt") as f:
+        with gzip.open(study_dir / folder / f"{slug}.jsonl.gz", "rt") as f:
             for line in f:
                 row = json.loads(line)
                 out[(slug, row["case_id"])] = row
     return out
+
+
+def recorded(study_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The recorded answers, by (model slug, case id)."""
+    return _by_model_and_case(study_dir, "responses")
 
 
 def test_replaying_the_six_recorded_models_stores_every_answer_verbatim(
@@ -85,13 +90,8 @@ def test_replaying_the_six_recorded_models_stores_every_answer_verbatim(
 
 
 def recorded_labels(study_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    out = {}
-    for slug in WIRES:
-        with gzip.open(study_dir / "judgements" / f"{slug}.jsonl.gz", "rt") as f:
-            for line in f:
-                row = json.loads(line)
-                out[(slug, row["case_id"])] = row
-    return out
+    """The study judge's labels, by (model slug, case id)."""
+    return _by_model_and_case(study_dir, "judgements")
 
 
 def expected_counts(study_dir: Path) -> dict[tuple[str, str], dict[str, int]]:

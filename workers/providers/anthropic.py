@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import anthropic
-import httpx2
 
 from workers.providers import errors as e
 from workers.providers.base import Adapter, AdapterOptions, CallResult, CallSpec, FinishReason, ProviderError, Usage
@@ -29,15 +28,14 @@ _EFFORTS = ("low", "medium", "high", "max")
 
 
 def build_client(options: AdapterOptions) -> anthropic.AsyncAnthropic:
-    limits = httpx2.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_connections)
-    timeout = httpx2.Timeout(options.timeout_s, connect=10.0)
+    timeout = options.timeout()
     return anthropic.AsyncAnthropic(
         api_key=options.api_key,
         base_url=options.base_url,
         max_retries=0,
         timeout=timeout,
         default_headers=options.extra_headers or None,
-        http_client=anthropic.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
+        http_client=anthropic.DefaultAsyncHttpxClient(limits=options.limits(), timeout=timeout),
     )
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import httpx2
+
 
 class FinishReason(StrEnum):
     """Why generation stopped, across providers. Content filters and refusals are outcomes, not errors."""
@@ -143,6 +145,13 @@ class AdapterOptions:
     timeout_s: float
     max_connections: int
     extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def limits(self) -> httpx2.Limits:
+        """A pool as large as the concurrency (a full pool queues calls behind our own connections)."""
+        return httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+
+    def timeout(self) -> httpx2.Timeout:
+        return httpx2.Timeout(self.timeout_s, connect=10.0)
 
 
 class Adapter(abc.ABC):

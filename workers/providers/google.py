@@ -50,11 +50,8 @@ class GoogleAdapter(Adapter):
     provider = "google"
 
     def __init__(self, options: AdapterOptions) -> None:
-        limits = httpx2.Limits(
-            max_connections=options.max_connections, max_keepalive_connections=options.max_connections
-        )
         # ours to close: the SDK does not close a client it was given
-        self.http = httpx2.AsyncClient(limits=limits, timeout=httpx2.Timeout(options.timeout_s, connect=10.0))
+        self.http = httpx2.AsyncClient(limits=options.limits(), timeout=options.timeout())
         self.client = build_client(options, self.http)
 
     async def aclose(self) -> None:

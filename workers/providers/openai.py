@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import httpx2
 import openai
 
 from workers.providers import errors as e
@@ -26,15 +25,14 @@ _OPENROUTER_CODES = {402: e.QUOTA_EXHAUSTED, 429: e.RATE_LIMITED, 408: e.TIMEOUT
 
 
 def build_client(options: AdapterOptions) -> openai.AsyncOpenAI:
-    limits = httpx2.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_connections)
-    timeout = httpx2.Timeout(options.timeout_s, connect=10.0)
+    timeout = options.timeout()
     return openai.AsyncOpenAI(
         api_key=options.api_key,
         base_url=options.base_url,
         max_retries=0,
         timeout=timeout,
         default_headers=options.extra_headers or None,
-        http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
+        http_client=openai.DefaultAsyncHttpxClient(limits=options.limits(), timeout=timeout),
     )
 
 
