@@ -163,7 +163,7 @@ async def datasets_import(
         return
     verb = "imported" if outcome.created else "already present:"
     out.print(f"{verb} dataset [bold]{d.name}[/] version {d.version} ({d.case_count} cases), id {d.id}")
-    for family, n in sorted(result["family_counts"].items()):  # type: ignore[attr-defined]
+    for family, n in sorted(validated.family_counts().items()):
         out.print(f"  {family:<24} {n:>6}")
     if validated.warning_count:
         out.print(f"{validated.warning_count} value(s) kept with a warning, e.g.:")

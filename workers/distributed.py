@@ -13,6 +13,7 @@ from typing import Any
 from arq import cron
 from arq.connections import ArqRedis, RedisSettings
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.base import utcnow
 from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
@@ -124,14 +125,29 @@ async def enqueue_open(ctx: dict[str, Any], job_id: uuid.UUID) -> int:
     return count
 
 
-async def _job_info(ctx: dict[str, Any], job_id: uuid.UUID) -> tuple[JobState, bool, list[uuid.UUID]]:
-    async with ctx["sessionmaker"]() as session:
-        state, _, _ = await ledger.job_state(session, job_id)
-        if job_id not in ctx["jobs"]:
-            judges = [c.id for c in await ledger.job_configs(session, job_id, ConfigRole.judge)]
-            ctx["jobs"][job_id] = (await ledger.job_uses_cache(session, job_id), judges)
-    use_cache, judges = ctx["jobs"][job_id]
-    return state, use_cache, judges
+async def _job_info(ctx: dict[str, Any], session: AsyncSession, job_id: uuid.UUID) -> tuple[bool, list[uuid.UUID]]:
+    """Whether the job reuses cached answers, and its judges: fixed at creation, so read once per process."""
+    if job_id not in ctx["jobs"]:
+        judges = [c.id for c in await ledger.job_configs(session, job_id, ConfigRole.judge)]
+        ctx["jobs"][job_id] = (await ledger.job_uses_cache(session, job_id), judges)
+    info: tuple[bool, list[uuid.UUID]] = ctx["jobs"][job_id]
+    return info
+
+
+async def _lease(
+    ctx: dict[str, Any], session: AsyncSession, model: ledger.Unit, unit_id: str
+) -> tuple[uuid.UUID, uuid.UUID, ledger.Claimed] | str:
+    """Lease the task's unit if its job is running and it is pending and due: (job, config, unit), or why not."""
+    config = Request.model_config_id if model is Request else Judgement.judge_config_id
+    query = select(model.job_id, config, Job.state).join(Job, Job.id == model.job_id).where(model.id == unit_id)
+    row = (await session.execute(query)).first()
+    if row is None:
+        return "unknown"
+    job_id, config_id, state = row
+    if JobState(state) is not JobState.running:
+        return f"job {JobState(state).value}"
+    unit = await ledger.claim_one(session, model, uuid.UUID(unit_id), ctx["holder"], ctx["settings"].executor.lease_s)
+    return (job_id, config_id, unit) if unit is not None else "not due"
 
 
 async def _target(ctx: dict[str, Any], config_id: uuid.UUID) -> Target:
@@ -146,28 +162,19 @@ async def _target(ctx: dict[str, Any], config_id: uuid.UUID) -> Target:
 
 async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
     """One target call, if the request is still pending and due and its job still running."""
-    settings: Settings = ctx["settings"]
     async with ctx["sessionmaker"]() as session:
-        row = (
-            await session.execute(select(Request.job_id, Request.model_config_id).where(Request.id == request_id))
-        ).first()
-        if row is None:
-            return "unknown"
-        job_id, config_id = row
-        state, use_cache, judges = await _job_info(ctx, job_id)
-        if state is not JobState.running:
-            return f"job {state.value}"
-        unit = await ledger.claim_one(session, Request, uuid.UUID(request_id), ctx["holder"], settings.executor.lease_s)
-        if unit is None:
-            return "not due"
+        leased = await _lease(ctx, session, Request, request_id)
+        if isinstance(leased, str):
+            return leased
+        job_id, config_id, unit = leased
+        use_cache, judges = await _job_info(ctx, session, job_id)
         target = await _target(ctx, config_id)
         prompt = (await ledger.prompts(session, [unit.ref_id]))[unit.ref_id]
-        earlier = (
-            (await ledger.cached_answers(session, [target.cache_key(prompt, unit.sample_index)])) if use_cache else {}
-        )
+        key = target.cache_key(prompt, unit.sample_index)
+        earlier = await ledger.cached_answers(session, [key]) if use_cache else {}
     if earlier:
-        row_ = reused_row(job_id, target, unit, next(iter(earlier.values())))
-        ctx["writer"].add(UnitUpdate(unit.id, UnitState.succeeded), row_, judges)
+        row = reused_row(job_id, target, unit, next(iter(earlier.values())))
+        ctx["writer"].add(UnitUpdate(unit.id, UnitState.succeeded), row, judges)
         return "reused"
     await run_request(ctx["runtime"], ctx["writer"], ctx["stats"], job_id, target, unit, prompt, judges)
     return "called"
@@ -175,24 +182,11 @@ async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
 
 async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
     """One judge call, if the judgement is still pending and due and its job still running."""
-    settings: Settings = ctx["settings"]
     async with ctx["sessionmaker"]() as session:
-        row = (
-            await session.execute(
-                select(Judgement.job_id, Judgement.judge_config_id).where(Judgement.id == judgement_id)
-            )
-        ).first()
-        if row is None:
-            return "unknown"
-        job_id, judge_id = row
-        state, _, _ = await _job_info(ctx, job_id)
-        if state is not JobState.running:
-            return f"job {state.value}"
-        unit = await ledger.claim_one(
-            session, Judgement, uuid.UUID(judgement_id), ctx["holder"], settings.executor.lease_s
-        )
-        if unit is None:
-            return "not due"
+        leased = await _lease(ctx, session, Judgement, judgement_id)
+        if isinstance(leased, str):
+            return leased
+        _, judge_id, unit = leased
         judge = await _target(ctx, judge_id)
         context = (await ledger.judge_contexts(session, [unit.ref_id]))[unit.ref_id]
     await run_judgement(ctx["runtime"], ctx["writer"], ctx["stats"], judge, unit, context)

@@ -6,6 +6,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterable
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.datasets.taxonomy import AUTHORITY_TYPES, GROUP_OF
@@ -171,7 +172,9 @@ async def results(session: AsyncSession, job: Job) -> Results:
     """Every figure of the study's tables for this job, with intervals, from SQL aggregates."""
     cells = await repository.cells(session, job.id)
     links = await jobs_repo.config_ids(session, job.id)
-    configs = [c for c in [await session.get(ModelConfig, i) for i in links[ConfigRole.target]] if c is not None]
+    found = await session.execute(select(ModelConfig).where(ModelConfig.id.in_(links[ConfigRole.target])))
+    by_id = {c.id: c for c in found.scalars()}
+    configs = [by_id[i] for i in links[ConfigRole.target] if i in by_id]
     present_types = sorted({k.authority_type for k, _ in cells}, key=AUTHORITY_TYPES.index)
     return Results(
         job_id=job.id,
