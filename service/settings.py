@@ -70,7 +70,11 @@ class ProviderSettings(BaseModel):
 class ExecutorSettings(BaseModel):
     """The execution engine's knobs."""
 
-    lease_s: float = Field(default=600.0, gt=0)
+    # a leased unit's lease lasts this long and is renewed every quarter of it while its worker lives: a worker
+    # that vanishes (on any host) gives its units back within this time
+    lease_s: float = Field(default=60.0, gt=0)
+    # model configs (their limits) are read again this often while a job runs: a changed limit takes effect
+    limits_refresh_s: float = Field(default=5.0, gt=0)
     claim_batch: int = Field(default=200, ge=1)
     flush_interval_s: float = Field(default=0.05, gt=0)
     flush_batch: int = Field(default=500, ge=1)

@@ -6,18 +6,20 @@ enqueue repeated by the reconciler is harmless, and every task checks the ledger
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from arq import cron
+from arq import Retry, cron
 from arq.connections import ArqRedis, RedisSettings
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.base import utcnow
 from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
-from service.db.session import create_engine, create_sessionmaker
+from service.db.session import create_engine, create_sessionmaker, is_disconnect
 from service.settings import Settings
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate, Written
@@ -27,6 +29,10 @@ from workers.providers.registry import Adapters
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
 
 RECONCILE_EVERY_S = 15
+# a task that finds the database unreachable (restarting, say) runs again after this many seconds
+DATABASE_RETRY_S = 2
+
+log = logging.getLogger("defeater.worker")
 
 
 def request_task_id(unit_id: uuid.UUID, attempt: int) -> str:
@@ -69,8 +75,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 
     executor = settings.executor
     ctx["writer"] = ResultWriter(
-        ctx["sessionmaker"], ctx["holder"], executor.flush_interval_s, executor.flush_batch, after_commit=after_commit
-    )
+        ctx["sessionmaker"], ctx["holder"], executor.flush_interval_s, executor.flush_batch,
+        after_commit=after_commit, lease_s=executor.lease_s,
+    )  # fmt: skip
     ctx["writer"].start()
 
 
@@ -134,44 +141,76 @@ async def _job_info(ctx: dict[str, Any], session: AsyncSession, job_id: uuid.UUI
     return info
 
 
-async def _lease(
-    ctx: dict[str, Any], session: AsyncSession, model: ledger.Unit, unit_id: str
-) -> tuple[uuid.UUID, uuid.UUID, ledger.Claimed] | str:
-    """Lease the task's unit if its job is running and it is pending and due: (job, config, unit), or why not."""
+async def _unit(
+    ctx: dict[str, Any], session: AsyncSession, model: ledger.Unit, unit_id: uuid.UUID
+) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, int] | str:
+    """The task's unit if its job is running: (job, config, case or judged request, sample), or why not."""
     config = Request.model_config_id if model is Request else Judgement.judge_config_id
-    query = select(model.job_id, config, Job.state).join(Job, Job.id == model.job_id).where(model.id == unit_id)
+    ref, sample = (Request.case_id, Request.sample_index) if model is Request else (Judgement.request_id, literal(0))
+    query = (
+        select(model.job_id, config, ref, sample, Job.state)
+        .join(Job, Job.id == model.job_id)
+        .where(model.id == unit_id)
+    )
     row = (await session.execute(query)).first()
     if row is None:
         return "unknown"
-    job_id, config_id, state = row
+    job_id, config_id, ref_id, sample_index, state = row
     if JobState(state) is not JobState.running:
         return f"job {JobState(state).value}"
-    unit = await ledger.claim_one(session, model, uuid.UUID(unit_id), ctx["holder"], ctx["settings"].executor.lease_s)
-    return (job_id, config_id, unit) if unit is not None else "not due"
+    return job_id, config_id, ref_id, sample_index
 
 
-async def _target(ctx: dict[str, Any], config_id: uuid.UUID) -> Target:
-    if config_id not in ctx["targets"]:
-        async with ctx["sessionmaker"]() as session:
-            config = await session.get(ModelConfig, config_id)
+async def _claim(
+    ctx: dict[str, Any], session: AsyncSession, model: ledger.Unit, unit_id: uuid.UUID
+) -> ledger.Claimed | None:
+    """Lease the unit (last, after every read, so a failed read leaves no lease behind) and keep it alive."""
+    unit = await ledger.claim_one(session, model, unit_id, ctx["holder"], ctx["settings"].executor.lease_s)
+    if unit is not None:
+        ctx["writer"].hold(model, [unit.id])
+    return unit
+
+
+async def _target(ctx: dict[str, Any], session: AsyncSession, config_id: uuid.UUID) -> Target:
+    """The config as a Target, read again every ``limits_refresh_s`` so that changed limits take effect."""
+    cached = ctx["targets"].get(config_id)
+    if cached is None or time.monotonic() - cached[1] > ctx["settings"].executor.limits_refresh_s:
+        config = await session.get(ModelConfig, config_id, populate_existing=True)
         assert config is not None
-        ctx["targets"][config_id] = Target.of(config, ctx["settings"].providers.default_max_concurrency)
-    target: Target = ctx["targets"][config_id]
+        cached = ctx["targets"][config_id] = (Target.of(config, ctx["settings"].providers.default_max_concurrency),
+                                              time.monotonic())  # fmt: skip
+    target: Target = cached[0]
     return target
+
+
+async def _database_retry(ctx: dict[str, Any], model: ledger.Unit, unit_id: uuid.UUID, exc: Exception) -> Retry:
+    """A task that could not reach the database runs again shortly; a lease it may have taken is let go."""
+    ctx["writer"].let_go(model, [unit_id])
+    log.warning("task for %s %s waits for the database: %s", model.__tablename__, unit_id, type(exc).__name__)
+    return Retry(defer=DATABASE_RETRY_S)
 
 
 async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
     """One target call, if the request is still pending and due and its job still running."""
-    async with ctx["sessionmaker"]() as session:
-        leased = await _lease(ctx, session, Request, request_id)
-        if isinstance(leased, str):
-            return leased
-        job_id, config_id, unit = leased
-        use_cache, judges = await _job_info(ctx, session, job_id)
-        target = await _target(ctx, config_id)
-        prompt = (await ledger.prompts(session, [unit.ref_id]))[unit.ref_id]
-        key = target.cache_key(prompt, unit.sample_index)
-        earlier = await ledger.cached_answers(session, [key]) if use_cache else {}
+    unit_id = uuid.UUID(request_id)
+    try:
+        async with ctx["sessionmaker"]() as session:
+            found = await _unit(ctx, session, Request, unit_id)
+            if isinstance(found, str):
+                return found
+            job_id, config_id, case_id, sample = found
+            use_cache, judges = await _job_info(ctx, session, job_id)
+            target = await _target(ctx, session, config_id)
+            prompt = (await ledger.prompts(session, [case_id]))[case_id]
+            key = target.cache_key(prompt, sample)
+            earlier = await ledger.cached_answers(session, [key]) if use_cache else {}
+            unit = await _claim(ctx, session, Request, unit_id)
+    except Exception as exc:
+        if is_disconnect(exc):
+            raise await _database_retry(ctx, Request, unit_id, exc) from exc
+        raise
+    if unit is None:
+        return "not due"
     if earlier:
         row = reused_row(job_id, target, unit, next(iter(earlier.values())))
         ctx["writer"].add(UnitUpdate(unit.id, UnitState.succeeded), row, judges)
@@ -182,13 +221,22 @@ async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
 
 async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
     """One judge call, if the judgement is still pending and due and its job still running."""
-    async with ctx["sessionmaker"]() as session:
-        leased = await _lease(ctx, session, Judgement, judgement_id)
-        if isinstance(leased, str):
-            return leased
-        _, judge_id, unit = leased
-        judge = await _target(ctx, judge_id)
-        context = (await ledger.judge_contexts(session, [unit.ref_id]))[unit.ref_id]
+    unit_id = uuid.UUID(judgement_id)
+    try:
+        async with ctx["sessionmaker"]() as session:
+            found = await _unit(ctx, session, Judgement, unit_id)
+            if isinstance(found, str):
+                return found
+            _, judge_id, request_id, _ = found
+            judge = await _target(ctx, session, judge_id)
+            context = (await ledger.judge_contexts(session, [request_id]))[request_id]
+            unit = await _claim(ctx, session, Judgement, unit_id)
+    except Exception as exc:
+        if is_disconnect(exc):
+            raise await _database_retry(ctx, Judgement, unit_id, exc) from exc
+        raise
+    if unit is None:
+        return "not due"
     await run_judgement(ctx["runtime"], ctx["writer"], ctx["stats"], judge, unit, context)
     return "called"
 

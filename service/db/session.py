@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -28,6 +30,26 @@ def _sqlite_begin(conn: Any) -> None:
     # take the write lock at the start: concurrent writers in one process wait (busy_timeout) instead of
     # failing with SQLITE_BUSY when a read transaction tries to become a write one
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# asyncpg's errors for a server that went away, refuses connections for now, or is shutting down
+_ASYNCPG_DISCONNECTS = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when ``exc`` means the database could not be reached (restarting, failing over), not a bad statement."""
+    if isinstance(exc, (OSError, TimeoutError, *_ASYNCPG_DISCONNECTS)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        return exc.orig is not None and is_disconnect(exc.orig)
+    cause = exc.__cause__
+    return isinstance(cause, _ASYNCPG_DISCONNECTS) if cause is not None else False
 
 
 def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:

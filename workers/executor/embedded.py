@@ -86,7 +86,10 @@ class EmbeddedExecutor:
             return run
         settings = self.runtime.settings.executor
         judges = [lane.target.id for lane in run.lanes if lane.judge]
-        writer = ResultWriter(self.sessionmaker, self.holder, settings.flush_interval_s, settings.flush_batch, judges)
+        writer = ResultWriter(
+            self.sessionmaker, self.holder, settings.flush_interval_s, settings.flush_batch, judges,
+            lease_s=settings.lease_s,
+        )  # fmt: skip
         writer.start()
         tasks: set[asyncio.Task[None]] = set()
         ending: str | None = None
@@ -194,6 +197,7 @@ class EmbeddedExecutor:
                 if not claimed:
                     lane.quiet_until = time.monotonic() + EMPTY_CLAIM_PAUSE_S
                     continue
+                writer.hold(lane.model, (u.id for u in claimed))
                 if lane.judge:
                     contexts = await ledger.judge_contexts(session, [u.ref_id for u in claimed])
                     lane.queue.extend((u, contexts[u.ref_id]) for u in claimed)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, bindparam, update
@@ -16,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
 from service.db.models import Judgement, Request, Response, UnitState
-from workers.executor.ledger import judgement_id
+from workers.executor.ledger import Unit, judgement_id
+
+log = logging.getLogger("defeater.writer")
 
 _REQUESTS: Table = Request.__table__  # type: ignore[assignment]
 _RESPONSES: Table = Response.__table__  # type: ignore[assignment]
@@ -74,12 +78,32 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.responses) + len(self.judgements) + len(self.updates) + len(self.judged)
 
+    def extend(self, later: _Batch) -> None:
+        self.responses += later.responses
+        self.judgements += later.judgements
+        self.updates += later.updates
+        self.judged += later.judged
+
+
+# a failed write is tried again after this many seconds, doubling up to the cap
+RETRY_FIRST_S = 0.2
+RETRY_CAP_S = 5.0
+# how long ``close`` keeps trying to write what is left before giving up (the leases then expire)
+CLOSE_PATIENCE_S = 60.0
+# at most this many ids in one lease-renewal statement
+RENEW_CHUNK = 1000
+
 
 class ResultWriter:
     """Collects outcomes and writes them every ``interval_s`` or every ``max_batch`` outcomes.
 
     A response and its request's new state go in the same transaction; the update only applies while this
-    process still holds the lease, and a response already stored for the request is left as it is.
+    process still holds the lease, and a response already stored for the request is left as it is. So a batch
+    can be written again after a failure (the database restarting, say): it is kept and retried, never dropped.
+
+    With ``lease_s``, the writer also keeps the leases of the units in hand (``hold``) alive: every quarter of
+    ``lease_s`` it pushes their expiry forward, so a short lease can be used and a worker that dies (on any
+    host) gives its units back within ``lease_s``.
     """
 
     def __init__(
@@ -90,9 +114,14 @@ class ResultWriter:
         max_batch: int,
         judges: list[uuid.UUID] | None = None,
         after_commit: Callable[[Written], Awaitable[None]] | None = None,
+        lease_s: float | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.holder = holder
+        self.lease_s = lease_s
+        self._held: dict[Unit, set[uuid.UUID]] = {Request: set(), Judgement: set()}
+        self._renewed_at = time.monotonic()
+        self._failures = 0
         self.judges = judges or []
         self.after_commit = after_commit
         self.interval_s = interval_s
@@ -106,6 +135,17 @@ class ResultWriter:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="result-writer")
+
+    def hold(self, model: Unit, ids: Iterable[uuid.UUID]) -> None:
+        """Units just leased by this process: their leases are renewed until their outcome is written."""
+        self._held[model].update(ids)
+
+    def let_go(self, model: Unit, ids: Iterable[uuid.UUID]) -> None:
+        """Units this process will not finish after all: their leases are left to expire."""
+        self._held[model].difference_update(ids)
+
+    def holding(self, model: Unit) -> int:
+        return len(self._held[model])
 
     def add(
         self, update_: UnitUpdate, response: dict[str, Any] | None = None, judges: list[uuid.UUID] | None = None
@@ -153,32 +193,85 @@ class ResultWriter:
     async def _run(self) -> None:
         while not self._closing:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                await asyncio.wait_for(self._wake.wait(), self._pause_s())
             except TimeoutError:
                 pass
             self._wake.clear()
             await self.flush()
+            if self.lease_s is not None and time.monotonic() - self._renewed_at >= self.lease_s / 4:
+                await self.renew()
 
-    async def flush(self) -> None:
-        """Write everything collected so far, in one transaction."""
+    def _pause_s(self) -> float:
+        """The flush interval; after failed writes, a doubling wait so a database that is down is not hammered."""
+        if not self._failures:
+            return self.interval_s
+        return float(min(RETRY_FIRST_S * 2 ** (self._failures - 1), RETRY_CAP_S))
+
+    async def flush(self) -> bool:
+        """Write everything collected so far, in one transaction. False: it failed and is kept for the next try."""
         async with self._lock:
             batch, self._batch = self._batch, _Batch()
             if not len(batch):
-                return
-            async with self.sessionmaker() as session:
-                if batch.responses:
-                    await session.execute(_insert_ignoring_duplicates(session, _RESPONSES), batch.responses)
-                if batch.judgements:
-                    await session.execute(_insert_ignoring_duplicates(session, _JUDGEMENTS), batch.judgements)
-                if batch.updates:
-                    await session.execute(_UPDATE, [self._params(u) for u in batch.updates])
-                if batch.judged:
-                    params = [self._params(u) | {f: v.get(f) for f in JUDGEMENT_FIELDS} for u, v in batch.judged]
-                    await session.execute(_UPDATE_JUDGEMENT, params)
-                await session.commit()
+                return True
+            try:
+                await self._write(batch)
+            except Exception as exc:  # the database went away (or worse): keep every outcome, try again later
+                self._failures += 1
+                batch.extend(self._batch)
+                self._batch = batch
+                log.warning("writing %d outcomes failed (%s); will try again", len(batch), _short(exc))
+                return False
+            self._failures = 0
             self.written += len(batch)
+            self._held[Request].difference_update(u.id for u in batch.updates)
+            self._held[Judgement].difference_update(u.id for u, _ in batch.judged)
         if self.after_commit is not None:
-            await self.after_commit(_written(batch))
+            try:
+                await self.after_commit(_written(batch))
+            except Exception as exc:  # follow-ups are wake-ups only: the reconciler finds what they missed
+                log.warning("follow-up after a write failed (%s); the reconciler will catch up", _short(exc))
+        return True
+
+    async def _write(self, batch: _Batch) -> None:
+        async with self.sessionmaker() as session:
+            if batch.responses:
+                await session.execute(_insert_ignoring_duplicates(session, _RESPONSES), batch.responses)
+            if batch.judgements:
+                await session.execute(_insert_ignoring_duplicates(session, _JUDGEMENTS), batch.judgements)
+            if batch.updates:
+                await session.execute(_UPDATE, [self._params(u) for u in batch.updates])
+            if batch.judged:
+                params = [self._params(u) | {f: v.get(f) for f in JUDGEMENT_FIELDS} for u, v in batch.judged]
+                await session.execute(_UPDATE_JUDGEMENT, params)
+            await session.commit()
+
+    async def renew(self) -> int:
+        """Push forward the expiry of every lease in hand; returns how many were renewed (0 when it failed)."""
+        assert self.lease_s is not None
+        self._renewed_at = time.monotonic()
+        expires = utcnow() + timedelta(seconds=self.lease_s)
+        renewed = 0
+        try:
+            async with self.sessionmaker() as session:
+                for model, held in self._held.items():
+                    ids = list(held)
+                    for start in range(0, len(ids), RENEW_CHUNK):
+                        stmt = (
+                            update(model)
+                            .where(
+                                model.id.in_(ids[start : start + RENEW_CHUNK]),
+                                model.leased_by == self.holder,
+                                model.state == UnitState.leased,
+                            )
+                            .values(lease_expires_at=expires)
+                            .execution_options(synchronize_session=False)
+                        )
+                        renewed += int(getattr(await session.execute(stmt), "rowcount", 0) or 0)
+                await session.commit()
+        except Exception as exc:  # the next round tries again; a lease lost meanwhile is the ledger's to settle
+            log.warning("renewing leases failed (%s)", _short(exc))
+            return 0
+        return renewed
 
     def _params(self, u: UnitUpdate) -> dict[str, Any]:
         return {
@@ -195,12 +288,21 @@ class ResultWriter:
         }
 
     async def close(self) -> None:
-        """Stop the background loop and write what is left."""
+        """Stop the background loop and write what is left (trying for up to ``CLOSE_PATIENCE_S``)."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
-        await self.flush()
+        deadline = time.monotonic() + CLOSE_PATIENCE_S
+        while not await self.flush():
+            if time.monotonic() > deadline:
+                log.error("gave up writing %d outcomes; their units' leases will expire", len(self._batch))
+                return
+            await asyncio.sleep(self._pause_s())
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def _unit_update(table: Table, extra: tuple[str, ...] = ()) -> Any:
