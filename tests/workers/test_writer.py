@@ -55,7 +55,7 @@ async def _set_reachable(url: str, reachable: bool) -> None:
 
 async def _leased(
     sessionmaker: async_sessionmaker[AsyncSession],
-    make: JobMaker,
+    make: Callable[..., Any],
     fake: FakeProvider,
     n: int,
     holder: str,
