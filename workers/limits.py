@@ -2,6 +2,10 @@
 
 Paced evenly (one request every 60/rpm seconds) rather than in bursts, so that a provider's sliding one-minute
 window never sees more than the limit. aiolimiter does the waiting; limiters are built inside the running loop.
+When the limits change, calls already waiting start over under the new ones, so a change takes effect at once.
+
+Target and judge traffic draw on separate budgets (``pool``), each with its own config's limits, so judging
+never eats the target calls' rate and the other way round; a 429 pauses the provider key for both.
 """
 
 from __future__ import annotations
@@ -26,24 +30,34 @@ class KeyLimiter(Protocol):
 
 
 class LimitsSource(Protocol):
-    def for_key(self, key: str, rpm: int | None, tpm: int | None) -> KeyLimiter: ...
+    def for_key(self, key: str, rpm: int | None, tpm: int | None, pool: str = "target") -> KeyLimiter: ...
+
+
+class Pause:
+    """Until when a provider key is paused (after a 429): shared by the key's target and judge budgets."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
 
 
 class KeyLimits:
-    """The limits of one key. ``acquire`` before a call, ``settle`` after it with the real usage."""
+    """The limits of one key's budget. ``acquire`` before a call, ``settle`` after it with the real usage."""
 
-    def __init__(self, rpm: int | None, tpm: int | None, safety: float) -> None:
+    def __init__(self, rpm: int | None, tpm: int | None, safety: float, pause: Pause | None = None) -> None:
         self.safety = safety
-        self.paused_until = 0.0
+        self._pause = pause or Pause()
         self.token_debt = 0
         self.rpm: int | None = None
         self.tpm: int | None = None
         self._requests: AsyncLimiter | None = None
         self._tokens: AsyncLimiter | None = None
+        self._changed = asyncio.Event()
         self.update(rpm, tpm)
 
     def update(self, rpm: int | None, tpm: int | None) -> None:
-        """Apply new limits (they can change while a job runs)."""
+        """Apply new limits (they can change while a job runs); waiting calls start over under them."""
+        if rpm == self.rpm and tpm == self.tpm:
+            return
         if rpm != self.rpm:
             self.rpm = rpm
             self._requests = AsyncLimiter(1, 60.0 / (rpm * self.safety)) if rpm else None
@@ -51,18 +65,36 @@ class KeyLimits:
             self.tpm = tpm
             per_window = tpm * self.safety * TOKEN_WINDOW_S / 60.0 if tpm else 0
             self._tokens = AsyncLimiter(per_window, TOKEN_WINDOW_S) if tpm else None
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def acquire(self, estimated_tokens: int) -> None:
         """Wait until this key may make one more call of about ``estimated_tokens``."""
         await self.wait_unpaused()
-        if self._tokens is not None:
-            amount = max(estimated_tokens + self.token_debt, 0)
-            self.token_debt = 0
-            if amount:
-                await self._tokens.acquire(min(amount, self._tokens.max_rate))
-        if self._requests is not None:
-            await self._requests.acquire()
+        amount = max(estimated_tokens + self.token_debt, 0)
+        self.token_debt = 0
+        if amount:
+            await self._take("_tokens", amount)
+        await self._take("_requests", 1)
         await self.wait_unpaused()
+
+    async def _take(self, which: str, amount: float) -> None:
+        """Take ``amount`` from the current limiter; if the limits change meanwhile, start over under the new."""
+        while (limiter := getattr(self, which)) is not None:
+            amount = min(amount, limiter.max_rate)
+            if limiter.has_capacity(amount):
+                await limiter.acquire(amount)
+                return
+            taking = asyncio.ensure_future(limiter.acquire(amount))
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                done, _ = await asyncio.wait({taking, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                if not taking.done():
+                    taking.cancel()
+            if taking in done:
+                return
 
     async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Correct the token estimate by the call's real usage (a shortfall is taken from the next call)."""
@@ -71,24 +103,26 @@ class KeyLimits:
 
     async def pause(self, seconds: float) -> None:
         """Stop every call on this key for ``seconds`` (the provider's reset after a 429)."""
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self._pause.until = max(self._pause.until, time.monotonic() + seconds)
 
     async def wait_unpaused(self) -> None:
-        while (delay := self.paused_until - time.monotonic()) > 0:
+        while (delay := self._pause.until - time.monotonic()) > 0:
             await asyncio.sleep(delay)
 
 
 class Limits:
-    """All keys' limits in this process."""
+    """All keys' limits in this process, a budget per (pool, key)."""
 
     def __init__(self, safety: float = 0.99) -> None:
         self.safety = safety
-        self._keys: dict[str, KeyLimits] = {}
+        self._keys: dict[tuple[str, str], KeyLimits] = {}
+        self._pauses: dict[str, Pause] = {}
 
-    def for_key(self, key: str, rpm: int | None, tpm: int | None) -> KeyLimits:
-        limits = self._keys.get(key)
+    def for_key(self, key: str, rpm: int | None, tpm: int | None, pool: str = "target") -> KeyLimits:
+        limits = self._keys.get((pool, key))
         if limits is None:
-            limits = self._keys[key] = KeyLimits(rpm, tpm, self.safety)
+            pause = self._pauses.setdefault(key, Pause())
+            limits = self._keys[pool, key] = KeyLimits(rpm, tpm, self.safety, pause)
         else:
             limits.update(rpm, tpm)
         return limits

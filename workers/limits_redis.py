@@ -1,13 +1,22 @@
 """Fleet-wide limits in Redis: every worker process paces one (provider, model, key) together.
 
-GCRA with reservations: each call reserves the next free slot in one atomic script (a single round trip) and
-sleeps until it. Time comes from Redis (``TIME``), so worker clocks do not matter. A 429 pauses the key for the
-whole fleet. Limits are passed on every call, so a changed limit takes effect at the next call.
+GCRA with reservations: a call reserves the next free slot in one atomic script (a single round trip) and sleeps
+until it. Time comes from Redis (``TIME``), so worker clocks do not matter. A 429 pauses the key for the whole
+fleet. Slots are reserved at most ``HORIZON_S`` ahead, so a changed limit (passed on every reservation) takes
+effect within that time, and nothing is booked far into the future under a rate that no longer holds.
+
+In each process one pacer per key reserves slots for the calls waiting there, first come first served, so the
+Redis traffic follows the call rate, not the number of waiting calls.
+
+Target and judge traffic have separate budgets (``pool``) on one key; the 429 pause is the key's, for both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -15,32 +24,48 @@ from redis.asyncio import Redis
 from workers.limits import TOKEN_WINDOW_S
 
 KEY_PREFIX = "defeater:limit:"
+# slots are booked at most this far ahead
+HORIZON_S = 1.0
+# while Redis cannot be reached, waiting calls keep waiting and the pacer tries again after this long
+REDIS_RETRY_S = 0.5
+
+log = logging.getLogger("defeater.limits")
 
 # KEYS: requests TAT, tokens TAT, paused-until.  ARGV: seconds per request (0: none), seconds per token (0: none),
-# tokens, token burst (seconds).  Returns the seconds to wait (as a string): the pause if paused, else the slot.
+# tokens, token burst (seconds), horizon (seconds).  Returns "R<wait>" (a slot is reserved in <wait> seconds),
+# "P<wait>" (the key is paused for <wait> seconds) or "L<wait>" (no slot within the horizon: ask again then).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
 if paused > now then
-  return tostring(-(paused - now))
+  return 'P' .. tostring(paused - now)
 end
-local wait = 0
+local horizon = tonumber(ARGV[5])
 local per_request = tonumber(ARGV[1])
-if per_request > 0 then
-  local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-  redis.call('SET', KEYS[1], tostring(tat + per_request), 'PX', math.ceil((tat + per_request - now) * 1000) + 60000)
-  wait = tat - now
-end
 local per_token = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
-if per_token > 0 and tokens > 0 then
-  local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now - tonumber(ARGV[4]))
-  local new_tat = tat + tokens * per_token
-  redis.call('SET', KEYS[2], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 60000)
-  wait = math.max(wait, tat - now)
+local request_tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local token_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now - tonumber(ARGV[4]))
+local wait = 0
+if per_request > 0 then
+  wait = request_tat - now
 end
-return tostring(wait)
+if per_token > 0 and tokens > 0 then
+  wait = math.max(wait, token_tat - now)
+end
+if wait > horizon then
+  return 'L' .. tostring(wait - horizon)
+end
+if per_request > 0 then
+  local tat = request_tat + per_request
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 60000)
+end
+if per_token > 0 and tokens > 0 then
+  local tat = token_tat + tokens * per_token
+  redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 60000)
+end
+return 'R' .. tostring(wait)
 """
 
 # KEYS: tokens TAT.  ARGV: seconds per token, tokens to add (negative gives back).
@@ -66,17 +91,24 @@ return 1
 
 
 class RedisKeyLimits:
-    """The limits of one key, shared by every process that uses the same Redis."""
+    """The limits of one key's budget, shared by every process that uses the same Redis."""
 
-    def __init__(self, redis: Redis, key: str, rpm: int | None, tpm: int | None, safety: float) -> None:
+    def __init__(
+        self, redis: Redis, key: str, rpm: int | None, tpm: int | None, safety: float, pool: str = "target"
+    ) -> None:
         self.redis = redis
-        self.keys = [f"{KEY_PREFIX}{key}:{part}" for part in ("requests", "tokens", "paused")]
+        budget = f"{KEY_PREFIX}{pool}:{key}"
+        self.keys = [f"{budget}:requests", f"{budget}:tokens", f"{KEY_PREFIX}{key}:paused"]
         self.safety = safety
         self.rpm = rpm
         self.tpm = tpm
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
         self._pause = redis.register_script(_PAUSE)
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._pacer: asyncio.Task[None] | None = None
+        # a pause this process knows of (its own 429s, or one the pacer met), checked again just before a call
+        self._paused_until = 0.0
 
     def update(self, rpm: int | None, tpm: int | None) -> None:
         self.rpm, self.tpm = rpm, tpm
@@ -88,25 +120,60 @@ class RedisKeyLimits:
         return 60.0 / (self.tpm * self.safety) if self.tpm else 0.0
 
     async def acquire(self, estimated_tokens: int) -> None:
-        """Reserve this call's slot across the fleet and sleep until it comes (or until a pause ends)."""
-        while True:
-            args: list[Any] = [self._per_request(), self._per_token(), estimated_tokens, TOKEN_WINDOW_S]
-            wait = float(await self._acquire(keys=self.keys, args=args))
-            if wait < 0:  # paused after a 429: wait it out, then reserve a slot
-                await asyncio.sleep(-wait)
+        """Wait for this call's slot across the fleet (and for any pause of the key to end)."""
+        granted = asyncio.get_running_loop().create_future()
+        self._waiting.append((estimated_tokens, granted))
+        if self._pacer is None or self._pacer.done():
+            self._pacer = asyncio.create_task(self._pace(), name=f"pacer {self.keys[0]}")
+        await granted
+        while (delay := self._paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+
+    async def _pace(self) -> None:
+        """Reserve slots for this process's waiting calls, in order, while any wait."""
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            tokens, granted = self._waiting[0]
+            if granted.done():  # its call was cancelled
+                self._waiting.popleft()
                 continue
-            if wait > 0:
-                await asyncio.sleep(wait)
-            return
+            args: list[Any] = [self._per_request(), self._per_token(), tokens, TOKEN_WINDOW_S, HORIZON_S]
+            try:
+                reply = await self._acquire(keys=self.keys, args=args)
+            except Exception as exc:  # no Redis, no fleet-wide limit: calls wait rather than risk a 429 storm
+                log.warning("rate limiter unreachable (%s: %s); calls on this key wait", type(exc).__name__, exc)
+                await asyncio.sleep(REDIS_RETRY_S)
+                continue
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            kind, seconds = text[0], max(float(text[1:]), 0.0)
+            if kind == "R":
+                self._waiting.popleft()
+                loop.call_later(seconds, _grant, granted)
+            else:
+                if kind == "P":
+                    self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+                await asyncio.sleep(seconds)
 
     async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
-        """Correct the reserved tokens by the call's real usage."""
+        """Correct the reserved tokens by the call's real usage (best effort: Redis may be away)."""
         if self.tpm and actual_tokens is not None and actual_tokens != estimated_tokens:
-            await self._settle(keys=self.keys[1:2], args=[self._per_token(), actual_tokens - estimated_tokens])
+            try:
+                await self._settle(keys=self.keys[1:2], args=[self._per_token(), actual_tokens - estimated_tokens])
+            except Exception as exc:
+                log.warning("settling tokens failed (%s: %s)", type(exc).__name__, exc)
 
     async def pause(self, seconds: float) -> None:
         """Stop every process's calls on this key for ``seconds`` (the provider's reset after a 429)."""
-        await self._pause(keys=self.keys[2:3], args=[seconds])
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        try:
+            await self._pause(keys=self.keys[2:3], args=[seconds])
+        except Exception as exc:  # this process still pauses; the others meet the 429 themselves
+            log.warning("pausing the key fleet-wide failed (%s: %s)", type(exc).__name__, exc)
+
+
+def _grant(granted: asyncio.Future[None]) -> None:
+    if not granted.done():
+        granted.set_result(None)
 
 
 class RedisLimits:
@@ -115,12 +182,12 @@ class RedisLimits:
     def __init__(self, redis: Redis, safety: float = 0.99) -> None:
         self.redis = redis
         self.safety = safety
-        self._keys: dict[str, RedisKeyLimits] = {}
+        self._keys: dict[tuple[str, str], RedisKeyLimits] = {}
 
-    def for_key(self, key: str, rpm: int | None, tpm: int | None) -> RedisKeyLimits:
-        limits = self._keys.get(key)
+    def for_key(self, key: str, rpm: int | None, tpm: int | None, pool: str = "target") -> RedisKeyLimits:
+        limits = self._keys.get((pool, key))
         if limits is None:
-            limits = self._keys[key] = RedisKeyLimits(self.redis, key, rpm, tpm, self.safety)
+            limits = self._keys[pool, key] = RedisKeyLimits(self.redis, key, rpm, tpm, self.safety, pool)
         else:
             limits.update(rpm, tpm)
         return limits

@@ -109,8 +109,9 @@ class Runtime:
             prices=PriceTable.load(settings.providers.prices_file),
         )
 
-    def key_limits(self, target: Target) -> KeyLimiter:
-        return self.limits.for_key(target.endpoint.limit_key(target.model), target.rpm, target.tpm)
+    def key_limits(self, target: Target, pool: str) -> KeyLimiter:
+        """The budget of the target's provider key for ``pool`` (target or judge traffic)."""
+        return self.limits.for_key(target.endpoint.limit_key(target.model), target.rpm, target.tpm, pool)
 
 
 def response_row(job_id: uuid.UUID, target: Target, unit: Claimed, result: CallResult, key: str) -> dict[str, Any]:
@@ -158,10 +159,12 @@ def reused_row(job_id: uuid.UUID, target: Target, unit: Claimed, earlier: Respon
     }
 
 
-async def _call(runtime: Runtime, stats: Stats, target: Target, spec: CallSpec) -> CallResult | ProviderError:
+async def _call(
+    runtime: Runtime, stats: Stats, target: Target, spec: CallSpec, pool: str = "target"
+) -> CallResult | ProviderError:
     """One call under the target's key limits; every failure comes back as a ProviderError, never raised."""
     estimate = spec.estimated_tokens()
-    key_limits = runtime.key_limits(target)
+    key_limits = runtime.key_limits(target, pool)
     stats.in_flight += 1
     try:
         adapter = runtime.adapters.get(target.endpoint)
@@ -219,7 +222,7 @@ async def run_judgement(
         response_schema=SCHEMA,
         schema_name=SCHEMA_NAME,
     )
-    result = await _call(runtime, stats, judge, spec)
+    result = await _call(runtime, stats, judge, spec, pool="judge")
     if isinstance(result, ProviderError):
         writer.add_judgement(failure_update(runtime, stats, unit, result))
         return

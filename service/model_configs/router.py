@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from service.deps import SessionDep
 from service.model_configs import repository, service
-from service.model_configs.schemas import ModelConfigCreate, ModelConfigRead
+from service.model_configs.schemas import ModelConfigCreate, ModelConfigPatch, ModelConfigRead
 from service.pagination import Page, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/model-configs", tags=["model configs"])
@@ -47,3 +47,16 @@ async def list_model_configs(
 @router.get("/{config_id}", response_model=ModelConfigRead)
 async def read_model_config(config_id: uuid.UUID, session: SessionDep) -> ModelConfigRead:
     return ModelConfigRead.model_validate(await service.get(session, config_id))
+
+
+@router.patch("/{config_id}", response_model=ModelConfigRead)
+async def update_model_config_limits(
+    config_id: uuid.UUID, body: ModelConfigPatch, session: SessionDep
+) -> ModelConfigRead:
+    """Change a config's limits (rpm, tpm, max_concurrency); workers running its jobs apply them within seconds.
+
+    Only ``limits`` can change: a config's model and parameters are fixed, since answers are tied to them.
+    """
+    config = await service.update_limits(session, config_id, body)
+    await session.commit()
+    return ModelConfigRead.model_validate(config)

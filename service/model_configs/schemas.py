@@ -171,6 +171,20 @@ def _reasoning_problem(provider: Provider, p: Params) -> str | None:
     return None if r in GEMINI_LEVELS else f"for google a thinking level, one of {', '.join(GEMINI_LEVELS)}"
 
 
+class ModelConfigPatch(BaseModel):
+    """What may change on a registered config: its limits, merged into the current ones (null removes one).
+
+    Everything else is immutable: an answer is tied to the exact config that produced it.
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+
+    limits: dict[str, int | None] = Field(
+        description='e.g. {"rpm": 1200} raises the RPM limit and keeps the others; {"tpm": null} removes one',
+        examples=[{"rpm": 1200, "tpm": None}],
+    )
+
+
 class ModelConfigRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

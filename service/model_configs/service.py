@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import ModelConfig, Provider
-from service.errors import Conflict, FieldError, NotFound, ValidationFailed
+from service.errors import Conflict, FieldError, NotFound, ValidationFailed, field_errors
 from service.model_configs.repository import get_by_name
-from service.model_configs.schemas import Limits, ModelConfigCreate, Params, provider_problems
+from service.model_configs.schemas import Limits, ModelConfigCreate, ModelConfigPatch, Params, provider_problems
 from service.settings import DefaultJudge
 
 
@@ -56,10 +57,49 @@ async def register(session: AsyncSession, body: ModelConfigCreate) -> Registered
 def _same_or_conflict(existing: ModelConfig, body: ModelConfigCreate) -> Registered:
     if existing.definition_hash == body.definition_hash():
         return Registered(existing, created=False)
+    if _body_of(existing, Limits.model_validate(body.limits.model_dump())).definition_hash() == body.definition_hash():
+        raise Conflict(
+            f"model config {body.name!r} is registered with other limits",
+            [FieldError("limits", f"differ from the registered ones; change them with PATCH /v1/model-configs/"
+                                  f"{existing.id}")],
+        )  # fmt: skip
     raise Conflict(
         f"a different model config is already registered as {body.name!r}; configs are immutable",
         [FieldError("name", "in use by a config with other settings; register the new one under a new name")],
     )
+
+
+def _body_of(config: ModelConfig, limits: Limits) -> ModelConfigCreate:
+    """The registration body of a stored config, with the given limits."""
+    return ModelConfigCreate(
+        name=config.name,
+        provider=config.provider,
+        model=config.model,
+        base_url=config.base_url,
+        api_key_env=config.api_key_env,
+        params=Params.model_validate(config.params),
+        limits=limits,
+    )
+
+
+async def update_limits(session: AsyncSession, config_id: uuid.UUID, patch: ModelConfigPatch) -> ModelConfig:
+    """Merge new limits into a config (running jobs pick them up within seconds). Flushes; the caller commits."""
+    immutable = sorted((patch.model_extra or {}).keys())
+    if immutable:
+        problems = [FieldError(name, "immutable: register a new config to change it") for name in immutable]
+        raise ValidationFailed("only a model config's limits can change", problems)
+    config = await get(session, config_id)
+    merged = {key: value for key, value in {**config.limits, **patch.limits}.items() if value is not None}
+    try:
+        limits = Limits.model_validate(merged)
+    except ValidationError as exc:
+        problems = field_errors(exc.errors(), ("limits",))
+        raise ValidationFailed(f"invalid limits: {problems[0]}", problems) from None
+    config.limits = limits.model_dump(exclude_none=True)
+    # the same body posted again (with the new limits) finds this config
+    config.definition_hash = _body_of(config, limits).definition_hash()
+    await session.flush()
+    return config
 
 
 async def get(session: AsyncSession, config_id: uuid.UUID) -> ModelConfig:

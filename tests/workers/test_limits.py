@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from workers.limits import KeyLimits
+from workers.limits import KeyLimits, Limits
 
 
 async def test_rpm_is_paced_evenly_not_in_bursts() -> None:
@@ -35,3 +35,28 @@ async def test_tokens_over_the_estimate_are_taken_from_the_next_call() -> None:
     started = time.monotonic()
     await limits.acquire(1_000)  # 1,000 + 900 owed, with 1,000 free: waits for ~900 to leak, about 0.9 s
     assert 0.75 <= time.monotonic() - started <= 1.5
+
+
+async def test_calls_already_waiting_follow_a_changed_limit() -> None:
+    source = Limits(safety=1.0)
+    slow = source.for_key("k", 60, None)  # one call a second: six calls would take five seconds
+    started = time.monotonic()
+    waiting = [asyncio.create_task(slow.acquire(1)) for _ in range(6)]
+    await asyncio.sleep(0.2)
+    source.for_key("k", 6_000, None)  # the same key, now 100 a second
+    await asyncio.gather(*waiting)
+    assert time.monotonic() - started < 2.0
+
+
+async def test_target_and_judge_traffic_have_separate_budgets_but_share_a_pause() -> None:
+    source = Limits(safety=1.0)
+    target, judge = source.for_key("k", 60, None), source.for_key("k", 60, None, pool="judge")
+    started = time.monotonic()
+    await asyncio.gather(target.acquire(1), judge.acquire(1))  # one call each, at once: no shared budget
+    assert time.monotonic() - started < 0.3
+    await target.pause(0.3)  # a 429 stops the provider key, whoever made the call
+    started = time.monotonic()
+    await KeyLimits(None, None, 1.0).acquire(1)
+    paused = source.for_key("k", None, None, pool="judge")
+    await paused.acquire(1)
+    assert time.monotonic() - started >= 0.28

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from workers.limits_redis import KEY_PREFIX, RedisLimits
+from workers.limits_redis import HORIZON_S, KEY_PREFIX, RedisLimits
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # one worker process: acquire N slots on a key and print when each was granted
@@ -38,7 +38,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
 async def redis() -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL)
     yield client
-    keys = [k async for k in client.scan_iter(f"{KEY_PREFIX}test-*")]
+    keys = [k async for k in client.scan_iter(f"{KEY_PREFIX}*test-*")]
     if keys:
         await client.delete(*keys)
     await client.aclose()
@@ -69,18 +69,30 @@ async def test_a_pause_holds_every_process(redis: Redis) -> None:
     assert time.monotonic() - started >= 0.38
 
 
-async def test_a_changed_limit_applies_at_the_next_call(redis: Redis) -> None:
+async def test_calls_already_waiting_follow_a_changed_limit(redis: Redis) -> None:
     key = f"test-{uuid.uuid4().hex}"
     limits = RedisLimits(redis, safety=1.0)
-    slow = limits.for_key(key, 60, None)  # one a second
-    await slow.acquire(1)
-    fast = limits.for_key(key, 6000, None)  # the same key, now 100 a second
+    slow = limits.for_key(key, 60, None)  # one a second: six calls would take five seconds
     started = time.monotonic()
-    await fast.acquire(1)  # the slot reserved under the old limit still holds: about a second
-    await fast.acquire(1)
-    await fast.acquire(1)
-    elapsed = time.monotonic() - started
-    assert 0.9 <= elapsed <= 1.3
+    waiting = [asyncio.create_task(slow.acquire(1)) for _ in range(6)]
+    await asyncio.sleep(0.2)
+    limits.for_key(key, 6000, None)  # the same key, now 100 a second
+    await asyncio.gather(*waiting)
+    # slots are booked at most HORIZON_S ahead: those booked under the old limit, then the new pace
+    assert time.monotonic() - started < 2 + HORIZON_S
+
+
+async def test_target_and_judge_traffic_have_separate_budgets_but_share_a_pause(redis: Redis) -> None:
+    key = f"test-{uuid.uuid4().hex}"
+    target = RedisLimits(redis, safety=1.0).for_key(key, 60, None)
+    judge = RedisLimits(redis, safety=1.0).for_key(key, 60, None, pool="judge")
+    started = time.monotonic()
+    await asyncio.gather(target.acquire(1), judge.acquire(1))  # one call each, at once
+    assert time.monotonic() - started < 0.3
+    await RedisLimits(redis).for_key(key, None, None).pause(0.4)  # a 429 seen by another worker
+    started = time.monotonic()
+    await RedisLimits(redis).for_key(key, None, None, pool="judge").acquire(1)
+    assert time.monotonic() - started >= 0.38
 
 
 async def test_tokens_per_minute_are_shared_and_settled(redis: Redis) -> None:

@@ -9,14 +9,14 @@ import functools
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
-from service.db.models import ConfigRole, Job, JobState, Judgement, Request, Response, UnitState
+from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, Response, UnitState
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
@@ -41,6 +41,7 @@ class _Run:
     lanes: list[_Lane]
     budget: float | None
     spent: float
+    refreshed_at: float = field(default_factory=time.monotonic)
 
 
 class _Lane:
@@ -150,7 +151,7 @@ class EmbeddedExecutor:
                 ending = await self._pause(run.job_id)
             if ending is None and time.monotonic() - last_check > IDLE_TICK_S:
                 last_check = time.monotonic()
-                ending = await self._cancelled(run.job_id)
+                ending = await self._check(run)
             if ending is not None or self._stopping:
                 for lane in run.lanes:
                     lane.queue.clear()  # leased but not started: released at the end of the run
@@ -171,9 +172,21 @@ class EmbeddedExecutor:
                     return "completed"
                 await asyncio.sleep(IDLE_TICK_S)  # only backed-off units remain: wait for them to fall due
 
-    async def _cancelled(self, job_id: uuid.UUID) -> str | None:
+    async def _check(self, run: _Run) -> str | None:
+        """Every idle tick: has the job been cancelled? And every ``limits_refresh_s``: read the configs' limits
+        again, so that a limit changed while the job runs takes effect within seconds."""
+        refresh = time.monotonic() - run.refreshed_at > self.runtime.settings.executor.limits_refresh_s
         async with self.sessionmaker() as session:
-            state, _, _ = await ledger.job_state(session, job_id)
+            state, _, _ = await ledger.job_state(session, run.job_id)
+            if refresh:
+                ids = [lane.target.id for lane in run.lanes]
+                query = select(ModelConfig).where(ModelConfig.id.in_(ids)).execution_options(populate_existing=True)
+                configs = {c.id: c for c in (await session.execute(query)).scalars()}
+        if refresh:
+            run.refreshed_at = time.monotonic()
+            default = self.runtime.settings.providers.default_max_concurrency
+            for lane in run.lanes:
+                lane.target = Target.of(configs[lane.target.id], default)
         return "cancelled" if state is JobState.cancelled else None
 
     async def _pause(self, job_id: uuid.UUID) -> str:
