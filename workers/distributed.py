@@ -6,8 +6,8 @@ enqueue repeated by the reconciler is harmless, and every task checks the ledger
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from workers.providers.registry import Adapters
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
 
 RECONCILE_EVERY_S = 15
+JOB_TIMEOUT_S = 6 * 3600
 # a task that finds the database unreachable (restarting, say) runs again after this many seconds
 DATABASE_RETRY_S = 2
 
@@ -79,9 +80,11 @@ async def startup(ctx: dict[str, Any]) -> None:
         after_commit=after_commit, lease_s=executor.lease_s,
     )  # fmt: skip
     ctx["writer"].start()
+    ctx["refresher"] = asyncio.create_task(_refresh_loop(ctx), name="refresh-targets")
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    ctx["refresher"].cancel()
     await ctx["writer"].close()
     async with ctx["sessionmaker"]() as session:
         await ledger.release_leases(session, ctx["holder"])
@@ -167,20 +170,43 @@ async def _claim(
     """Lease the unit (last, after every read, so a failed read leaves no lease behind) and keep it alive."""
     unit = await ledger.claim_one(session, model, unit_id, ctx["holder"], ctx["settings"].executor.lease_s)
     if unit is not None:
-        ctx["writer"].hold(model, [unit.id])
+        ctx["writer"].hold(model, [unit])
     return unit
 
 
-async def _target(ctx: dict[str, Any], session: AsyncSession, config_id: uuid.UUID) -> Target:
-    """The config as a Target, read again every ``limits_refresh_s`` so that changed limits take effect."""
-    cached = ctx["targets"].get(config_id)
-    if cached is None or time.monotonic() - cached[1] > ctx["settings"].executor.limits_refresh_s:
-        config = await session.get(ModelConfig, config_id, populate_existing=True)
+async def _target(ctx: dict[str, Any], session: AsyncSession, config_id: uuid.UUID, pool: str) -> Target:
+    """The config as a Target; the refresher keeps it (and its limits) current."""
+    target: Target | None = ctx["targets"].get((config_id, pool))
+    if target is None:
+        config = await session.get(ModelConfig, config_id)
         assert config is not None
-        cached = ctx["targets"][config_id] = (Target.of(config, ctx["settings"].providers.default_max_concurrency),
-                                              time.monotonic())  # fmt: skip
-    target: Target = cached[0]
+        target = ctx["targets"][config_id, pool] = Target.of(config, ctx["settings"].providers.default_max_concurrency)
     return target
+
+
+async def refresh_targets(ctx: dict[str, Any]) -> None:
+    """Read the configs in use again and apply their limits, also to calls already waiting for a slot."""
+    if not ctx["targets"]:
+        return
+    ids = {config_id for config_id, _ in ctx["targets"]}
+    query = select(ModelConfig).where(ModelConfig.id.in_(ids)).execution_options(populate_existing=True)
+    async with ctx["sessionmaker"]() as session:
+        configs = {c.id: c for c in (await session.execute(query)).scalars()}
+    default = ctx["settings"].providers.default_max_concurrency
+    for config_id, pool in list(ctx["targets"]):
+        if config_id in configs:
+            target = ctx["targets"][config_id, pool] = Target.of(configs[config_id], default)
+            ctx["runtime"].key_limits(target, pool)
+
+
+async def _refresh_loop(ctx: dict[str, Any]) -> None:
+    every = ctx["settings"].executor.limits_refresh_s
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await refresh_targets(ctx)
+        except Exception as exc:  # the database may be away for a while: keep the limits we have
+            log.warning("reading model configs again failed (%s)", type(exc).__name__)
 
 
 async def _database_retry(ctx: dict[str, Any], model: ledger.Unit, unit_id: uuid.UUID, exc: Exception) -> Retry:
@@ -200,7 +226,7 @@ async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
                 return found
             job_id, config_id, case_id, sample = found
             use_cache, judges = await _job_info(ctx, session, job_id)
-            target = await _target(ctx, session, config_id)
+            target = await _target(ctx, session, config_id, "target")
             prompt = (await ledger.prompts(session, [case_id]))[case_id]
             key = target.cache_key(prompt, sample)
             earlier = await ledger.cached_answers(session, [key]) if use_cache else {}
@@ -215,7 +241,11 @@ async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
         row = reused_row(job_id, target, unit, next(iter(earlier.values())))
         ctx["writer"].add(UnitUpdate(unit.id, UnitState.succeeded), row, judges)
         return "reused"
-    await run_request(ctx["runtime"], ctx["writer"], ctx["stats"], job_id, target, unit, prompt, judges)
+    try:
+        await run_request(ctx["runtime"], ctx["writer"], ctx["stats"], job_id, target, unit, prompt, judges)
+    except asyncio.CancelledError:  # the worker is stopping: the lease is let go, to expire and be reclaimed
+        ctx["writer"].let_go(Request, [unit.id])
+        raise
     return "called"
 
 
@@ -228,7 +258,7 @@ async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
             if isinstance(found, str):
                 return found
             _, judge_id, request_id, _ = found
-            judge = await _target(ctx, session, judge_id)
+            judge = await _target(ctx, session, judge_id, "judge")
             context = (await ledger.judge_contexts(session, [request_id]))[request_id]
             unit = await _claim(ctx, session, Judgement, unit_id)
     except Exception as exc:
@@ -237,7 +267,11 @@ async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
         raise
     if unit is None:
         return "not due"
-    await run_judgement(ctx["runtime"], ctx["writer"], ctx["stats"], judge, unit, context)
+    try:
+        await run_judgement(ctx["runtime"], ctx["writer"], ctx["stats"], judge, unit, context)
+    except asyncio.CancelledError:
+        ctx["writer"].let_go(Judgement, [unit.id])
+        raise
     return "called"
 
 
@@ -267,7 +301,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "max_jobs": settings.executor.worker_max_jobs,
-        "job_timeout": settings.providers.timeout_s + 60,
+        # a task may wait its turn under a slow rate limit for long; the call itself has its own timeout
+        "job_timeout": JOB_TIMEOUT_S,
         "job_completion_wait": int(settings.providers.timeout_s + 30),
         "keep_result": 60,
         "max_tries": 1000,

@@ -122,3 +122,27 @@ async def test_listing_pages_with_a_cursor(client: httpx.AsyncClient, make_confi
 async def test_an_unknown_config_is_a_404_problem(client: httpx.AsyncClient, problem: Any) -> None:
     problem(await client.get("/v1/model-configs/00000000-0000-0000-0000-000000000000"), 404)
     assert problem(await client.get("/v1/model-configs/not-a-uuid"), 422)["errors"][0]["field"] == "config_id"
+
+
+async def test_limits_change_by_patch_and_nothing_else_does(client: httpx.AsyncClient, problem: Any) -> None:
+    body = BODY | {"limits": {"rpm": 600, "tpm": 100_000}}
+    config = (await client.post("/v1/model-configs", json=body)).json()
+    url = f"/v1/model-configs/{config['id']}"
+    changed = await client.patch(url, json={"limits": {"rpm": 1200, "tpm": None, "max_concurrency": 64}})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["limits"] == {"rpm": 1200, "max_concurrency": 64}
+    assert changed.json()["fingerprint"] == config["fingerprint"]  # the same model, so the same answers
+    assert (await client.get(url)).json()["limits"] == {"rpm": 1200, "max_concurrency": 64}
+
+    refused = problem(await client.patch(url, json={"limits": {"rpm": 10}, "model": "gpt-9"}), 422)
+    assert [e["field"] for e in refused["errors"]] == ["model"]
+    bad = problem(await client.patch(url, json={"limits": {"rpm": 0, "burst": 3}}), 422)
+    assert {e["field"] for e in bad["errors"]} == {"limits.rpm", "limits.burst"}
+    assert (await client.get(url)).json()["limits"] == {"rpm": 1200, "max_concurrency": 64}  # nothing half-done
+    problem(await client.patch("/v1/model-configs/00000000-0000-0000-0000-000000000000", json={"limits": {}}), 404)
+
+    # the body with the new limits finds the config again; the old body is told where limits change
+    again = await client.post("/v1/model-configs", json=BODY | {"limits": {"rpm": 1200, "max_concurrency": 64}})
+    assert (again.status_code, again.json()["id"]) == (200, config["id"])
+    stale = problem(await client.post("/v1/model-configs", json=body), 409)
+    assert stale["errors"][0]["field"] == "limits" and config["id"] in stale["errors"][0]["message"]

@@ -11,6 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.models import Job, JobState, Judgement, Request, Response, UnitState
+from service.model_configs.schemas import ModelConfigPatch
+from service.model_configs.service import update_limits
 from service.settings import Settings
 from workers.executor.embedded import EmbeddedExecutor, RunOutcome
 from workers.providers.fake import FakeConfig, FakeProvider
@@ -196,3 +198,28 @@ async def test_cancel_stops_dispatching_and_keeps_what_finished(
     counts = await states(ledger, job_id)
     assert 0 < counts["succeeded"] < 60 and "leased" not in counts
     assert len(await responses(ledger, job_id)) == counts["succeeded"]
+
+
+async def test_a_limit_changed_while_the_job_runs_takes_effect_within_seconds(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, make_job: Any
+) -> None:
+    settings = work_settings.model_copy(
+        update={"executor": work_settings.executor.model_copy(update={"limits_refresh_s": 0.2})}
+    )
+    async with FakeProvider(FakeConfig()) as fake:
+        # 12 calls at 20 rpm would take 33 s; the limit is raised after the first call
+        job_id = await make_job(fake, [("openai", "fake-slow-key")], limit=12, limits={"rpm": 20})
+        started = time.monotonic()
+        running = asyncio.create_task(run(ledger, settings, job_id))
+        while (await fake.ledger())["by_model"].get("fake-slow-key", {}).get("successes", 0) < 1:
+            await asyncio.sleep(0.05)
+        async with ledger() as session:
+            config_id = (
+                await session.execute(select(Request.model_config_id).where(Request.job_id == job_id))
+            ).scalar()
+            assert config_id is not None
+            await update_limits(session, config_id, ModelConfigPatch(limits={"rpm": 6_000}))
+            await session.commit()
+        outcome = await running
+        assert outcome.state == "completed" and await states(ledger, job_id) == {"succeeded": 12}
+        assert time.monotonic() - started < 8

@@ -103,7 +103,7 @@ async def test_leases_in_hand_are_renewed_and_the_ones_let_go_are_not(
     holder = units.holder_id()
     kept, dropped, done = await _leased(ledger, make_job, fake, 3, holder, 2)
     writer = ResultWriter(ledger, holder, 0.02, 100, lease_s=300)
-    writer.hold(Request, [kept.id, dropped.id, done.id])
+    writer.hold(Request, [kept, dropped, done])
     writer.let_go(Request, [dropped.id])
     writer.add(UnitUpdate(done.id, UnitState.failed, failure_reason="bad_request"))
     assert await writer.flush() is True

@@ -187,6 +187,7 @@ class EmbeddedExecutor:
             default = self.runtime.settings.providers.default_max_concurrency
             for lane in run.lanes:
                 lane.target = Target.of(configs[lane.target.id], default)
+                self.runtime.key_limits(lane.target, "judge" if lane.judge else "target")  # reaches waiting calls
         return "cancelled" if state is JobState.cancelled else None
 
     async def _pause(self, job_id: uuid.UUID) -> str:
@@ -210,7 +211,7 @@ class EmbeddedExecutor:
                 if not claimed:
                     lane.quiet_until = time.monotonic() + EMPTY_CLAIM_PAUSE_S
                     continue
-                writer.hold(lane.model, (u.id for u in claimed))
+                writer.hold(lane.model, claimed)
                 if lane.judge:
                     contexts = await ledger.judge_contexts(session, [u.ref_id for u in claimed])
                     lane.queue.extend((u, contexts[u.ref_id]) for u in claimed)

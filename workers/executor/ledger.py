@@ -64,6 +64,7 @@ class Claimed:
     rate_limited: int
     error_repeats: int
     last_error: str | None
+    job_id: uuid.UUID
 
 
 Unit = type[Request] | type[Judgement]
@@ -93,7 +94,16 @@ def _lease(model: Unit, which: Any, holder: str, lease_s: float) -> Any:
             attempts=model.attempts + 1,
             updated_at=now,
         )
-        .returning(model.id, ref, sample, model.attempts, model.rate_limited, model.error_repeats, model.last_error)
+        .returning(
+            model.id,
+            ref,
+            sample,
+            model.attempts,
+            model.rate_limited,
+            model.error_repeats,
+            model.last_error,
+            model.job_id,
+        )  # fmt: skip
         .execution_options(synchronize_session=False)
     )
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
 from service.db.models import Judgement, Request, Response, UnitState
-from workers.executor.ledger import Unit, judgement_id
+from workers.executor.ledger import Claimed, Unit, judgement_id
 
 log = logging.getLogger("defeater.writer")
 
@@ -119,7 +119,8 @@ class ResultWriter:
         self.sessionmaker = sessionmaker
         self.holder = holder
         self.lease_s = lease_s
-        self._held: dict[Unit, set[uuid.UUID]] = {Request: set(), Judgement: set()}
+        # units leased and not yet written, with their jobs
+        self._held: dict[Unit, dict[uuid.UUID, uuid.UUID]] = {Request: {}, Judgement: {}}
         self._renewed_at = time.monotonic()
         self._failures = 0
         self.judges = judges or []
@@ -136,13 +137,14 @@ class ResultWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="result-writer")
 
-    def hold(self, model: Unit, ids: Iterable[uuid.UUID]) -> None:
+    def hold(self, model: Unit, units: Iterable[Claimed]) -> None:
         """Units just leased by this process: their leases are renewed until their outcome is written."""
-        self._held[model].update(ids)
+        self._held[model].update((unit.id, unit.job_id) for unit in units)
 
     def let_go(self, model: Unit, ids: Iterable[uuid.UUID]) -> None:
         """Units this process will not finish after all: their leases are left to expire."""
-        self._held[model].difference_update(ids)
+        for unit_id in ids:
+            self._held[model].pop(unit_id, None)
 
     def holding(self, model: Unit) -> int:
         return len(self._held[model])
@@ -223,11 +225,11 @@ class ResultWriter:
                 return False
             self._failures = 0
             self.written += len(batch)
-            self._held[Request].difference_update(u.id for u in batch.updates)
-            self._held[Judgement].difference_update(u.id for u, _ in batch.judged)
+            jobs = {self._held[Request].pop(u.id, None) for u in batch.updates}
+            jobs |= {self._held[Judgement].pop(u.id, None) for u, _ in batch.judged}
         if self.after_commit is not None:
             try:
-                await self.after_commit(_written(batch))
+                await self.after_commit(_written(batch, {job for job in jobs if job is not None}))
             except Exception as exc:  # follow-ups are wake-ups only: the reconciler finds what they missed
                 log.warning("follow-up after a write failed (%s); the reconciler will catch up", _short(exc))
         return True
@@ -340,8 +342,8 @@ def _insert_ignoring_duplicates(session: AsyncSession, table: Table) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=key)
 
 
-def _written(batch: _Batch) -> Written:
-    jobs = {r["job_id"] for r in batch.responses} | {j["job_id"] for j in batch.judgements}
+def _written(batch: _Batch, jobs_of_updates: set[uuid.UUID]) -> Written:
+    jobs = {r["job_id"] for r in batch.responses} | {j["job_id"] for j in batch.judgements} | jobs_of_updates
     return Written(
         job_ids=jobs,
         new_judgements=[j["id"] for j in batch.judgements],
