@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service import api_errors, health
+from service import api_errors, health, metrics
 from service.datasets.router import router as datasets_router
 from service.datasets.service import ensure_starter
 from service.db.migrate import upgrade
@@ -82,6 +82,7 @@ def create_app(
     app.state.settings = settings
     api_errors.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(model_configs_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)

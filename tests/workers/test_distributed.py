@@ -14,6 +14,7 @@ import httpx
 import pytest
 from redis import Redis
 
+from tests.api.test_metrics import samples
 from tests.conftest import _create_postgres_database, _drop_postgres_database
 from tests.workers.processes import BIN, free_port, ledger
 
@@ -91,6 +92,17 @@ def test_workers_run_a_job_posted_to_the_api(deployment: dict[str, Any]) -> None
         assert status["progress"]["judgements"] == {"total": 80, "pending": 0, "leased": 0, "succeeded": 80,
                                                     "failed": 0}  # fmt: skip
         assert client.get(f"/v1/jobs/{job_id}/results").json()["overall"]["all"]["n"] == 80
+        scraped = samples(client.get("/metrics").text)
+    for provider in ("openai", "anthropic"):
+        labels = {("provider", provider), ("role", "target")}
+        assert scraped[("defeater_calls_total", frozenset(labels | {("outcome", "answer")}))] == 40
+        assert scraped[("defeater_call_latency_seconds_count", frozenset({("provider", provider)}))] == 40
+        assert scraped[("defeater_rate_limited_total", frozenset(labels))] == 0
+    verdicts = scraped[("defeater_calls_total", frozenset({("provider", "google"), ("role", "judge"),
+                                                           ("outcome", "verdict")}))]  # fmt: skip
+    assert verdicts == 80
+    assert scraped[("defeater_queue_depth", frozenset())] >= 0
+    assert scraped[("defeater_units", frozenset({("kind", "judgement"), ("state", "leased")}))] == 0
     book = ledger(deployment["fake"])
     # undisturbed, no unit is ever called twice: no duplicates, and no repeated Idempotency-Key either
     assert book["successes"] == 160 and book["duplicate_successes"] == 0 and book["idempotent_replays"] == 0
@@ -127,9 +139,10 @@ def test_three_workers_stay_under_one_provider_limit_together(deployment: dict[s
     for model in ("fake-gpt", "fake-claude"):
         entry = book["by_model"][model]
         assert entry["successes"] == 60 and entry["rate_limited"] == 0, entry
-        # the fake enforces its window on arrival (no 429 above); completion times jitter by a few ms under load,
-        # so the rate measured on them gets a 2% allowance
-        assert entry["achieved_rpm"] * 59 / 60 <= 600 * 1.02
+        # the fake enforces its window on arrival (no 429 above, the real check); the rate measured on completion
+        # times is noisier (a worker's first call also builds its SDK client, which shortens the measured span), so
+        # it gets a 5% allowance
+        assert entry["achieved_rpm"] * 59 / 60 <= 600 * 1.05
     assert book["duplicate_successes"] == 0 and book["idempotent_replays"] == 0
 
 
