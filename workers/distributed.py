@@ -18,7 +18,7 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.base import utcnow
-from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
+from service.db.models import Case, ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
 from service.db.session import create_engine, create_sessionmaker, is_disconnect
 from service.settings import Settings
 from workers.executor import ledger
@@ -29,6 +29,8 @@ from workers.providers.registry import Adapters
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
 
 RECONCILE_EVERY_S = 15
+# a worker checks whether a job it wrote to is done at most this often (the check counts the job's open units)
+FINISH_CHECK_S = 1.0
 JOB_TIMEOUT_S = 6 * 3600
 # a task that finds the database unreachable (restarting, say) runs again after this many seconds
 DATABASE_RETRY_S = 2
@@ -56,7 +58,7 @@ async def enqueue_units(redis: ArqRedis, kind: str, units: list[tuple[uuid.UUID,
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = Settings()
-    engine = create_engine(settings)
+    engine = create_engine(settings, pre_ping=False)
     ctx["engine"] = engine
     ctx["sessionmaker"] = create_sessionmaker(engine)
     ctx["settings"] = settings
@@ -69,6 +71,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["holder"] = ledger.holder_id()
     ctx["stats"] = Stats()
     ctx["targets"] = {}
+    ctx["finish_checks"] = set()
+    ctx["background"] = set()
     ctx["jobs"] = {}
 
     async def after_commit(written: Written) -> None:
@@ -85,6 +89,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["refresher"].cancel()
+    for task in ctx["background"]:
+        task.cancel()
     await ctx["writer"].close()
     async with ctx["sessionmaker"]() as session:
         await ledger.release_leases(session, ctx["holder"])
@@ -99,7 +105,28 @@ async def _follow_up(ctx: dict[str, Any], written: Written) -> None:
     await enqueue_units(redis, "requests", [(u.id, u.attempt, u.not_before) for u in written.retried_requests])
     await enqueue_units(redis, "judgements", [(u.id, u.attempt, u.not_before) for u in written.retried_judgements])
     for job_id in written.job_ids:
-        await finish_if_done(ctx, job_id)
+        _check_finished_soon(ctx, job_id)
+
+
+def _check_finished_soon(ctx: dict[str, Any], job_id: uuid.UUID) -> None:
+    """Check whether the job is done ``FINISH_CHECK_S`` from now: one check for all the writes until then, and
+    always one after the last write, so a job completes within that time of its last unit's write."""
+    scheduled: set[uuid.UUID] = ctx["finish_checks"]
+    if job_id in scheduled:
+        return
+
+    async def check() -> None:
+        await asyncio.sleep(FINISH_CHECK_S)
+        scheduled.discard(job_id)
+        try:
+            await finish_if_done(ctx, job_id)
+        except Exception as exc:  # the reconciler finishes it later
+            log.warning("checking whether job %s is done failed (%s)", job_id, type(exc).__name__)
+
+    scheduled.add(job_id)
+    task = asyncio.create_task(check(), name=f"finish-check {job_id}")
+    ctx["background"].add(task)
+    task.add_done_callback(ctx["background"].discard)
 
 
 async def finish_if_done(ctx: dict[str, Any], job_id: uuid.UUID) -> None:
@@ -145,23 +172,27 @@ async def _job_info(ctx: dict[str, Any], session: AsyncSession, job_id: uuid.UUI
 
 
 async def _unit(
-    ctx: dict[str, Any], session: AsyncSession, model: ledger.Unit, unit_id: uuid.UUID
-) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, int] | str:
-    """The task's unit if its job is running: (job, config, case or judged request, sample), or why not."""
-    config = Request.model_config_id if model is Request else Judgement.judge_config_id
-    ref, sample = (Request.case_id, Request.sample_index) if model is Request else (Judgement.request_id, literal(0))
-    query = (
-        select(model.job_id, config, ref, sample, Job.state)
-        .join(Job, Job.id == model.job_id)
-        .where(model.id == unit_id)
-    )
-    row = (await session.execute(query)).first()
+    session: AsyncSession, model: ledger.Unit, unit_id: uuid.UUID
+) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, int, str | None] | str:
+    """The task's unit if it is pending and its job running: (job, config, case or judged request, sample, and
+    for a request its prompt), or why not. One query."""
+    columns: tuple[Any, ...]
+    if model is Request:
+        columns = (Request.model_config_id, Request.case_id, Request.sample_index, Case.user_query)
+    else:
+        columns = (Judgement.judge_config_id, Judgement.request_id, literal(0), literal(None))
+    query = select(model.job_id, *columns, Job.state, model.state).join(Job, Job.id == model.job_id)
+    if model is Request:
+        query = query.join(Case, Case.id == Request.case_id)
+    row = (await session.execute(query.where(model.id == unit_id))).first()
     if row is None:
         return "unknown"
-    job_id, config_id, ref_id, sample_index, state = row
-    if JobState(state) is not JobState.running:
-        return f"job {JobState(state).value}"
-    return job_id, config_id, ref_id, sample_index
+    job_id, config_id, ref_id, sample_index, prompt, job_state, state = row
+    if JobState(job_state) is not JobState.running:
+        return f"job {JobState(job_state).value}"
+    if UnitState(state) is not UnitState.pending:
+        return f"unit {UnitState(state).value}"
+    return job_id, config_id, ref_id, sample_index, prompt
 
 
 async def _claim(
@@ -221,13 +252,13 @@ async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
     unit_id = uuid.UUID(request_id)
     try:
         async with ctx["sessionmaker"]() as session:
-            found = await _unit(ctx, session, Request, unit_id)
+            found = await _unit(session, Request, unit_id)
             if isinstance(found, str):
                 return found
-            job_id, config_id, case_id, sample = found
+            job_id, config_id, _, sample, prompt = found
+            assert prompt is not None
             use_cache, judges = await _job_info(ctx, session, job_id)
             target = await _target(ctx, session, config_id, "target")
-            prompt = (await ledger.prompts(session, [case_id]))[case_id]
             key = target.cache_key(prompt, sample)
             earlier = await ledger.cached_answers(session, [key]) if use_cache else {}
             unit = await _claim(ctx, session, Request, unit_id)
@@ -254,10 +285,10 @@ async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
     unit_id = uuid.UUID(judgement_id)
     try:
         async with ctx["sessionmaker"]() as session:
-            found = await _unit(ctx, session, Judgement, unit_id)
+            found = await _unit(session, Judgement, unit_id)
             if isinstance(found, str):
                 return found
-            _, judge_id, request_id, _ = found
+            _, judge_id, request_id, _, _ = found
             judge = await _target(ctx, session, judge_id, "judge")
             context = (await ledger.judge_contexts(session, [request_id]))[request_id]
             unit = await _claim(ctx, session, Judgement, unit_id)

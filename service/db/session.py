@@ -52,8 +52,12 @@ def is_disconnect(exc: BaseException) -> bool:
     return isinstance(cause, _ASYNCPG_DISCONNECTS) if cause is not None else False
 
 
-def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
-    """An async engine for the configured database; SQLite gets its directory and pragmas."""
+def create_engine(settings: Settings, *, pooled: bool = True, pre_ping: bool = True) -> AsyncEngine:
+    """An async engine for the configured database; SQLite gets its directory and pragmas.
+
+    ``pre_ping`` checks each pooled connection before use (a round trip per checkout). Workers turn it off: they
+    treat a dropped connection as a retryable error instead (``is_disconnect``), and the pool then drops the rest.
+    """
     url = make_url(settings.database_url)
     kwargs: dict[str, Any] = {"echo": settings.database_echo}
     if url.get_backend_name() == "sqlite":
@@ -65,7 +69,7 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         return engine
     if pooled:
         kwargs.update(pool_size=settings.database_pool_size, max_overflow=settings.database_pool_size)
-        kwargs["pool_pre_ping"] = True
+        kwargs["pool_pre_ping"] = pre_ping
     else:
         kwargs["poolclass"] = NullPool
     return create_async_engine(url, **kwargs)

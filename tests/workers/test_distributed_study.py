@@ -101,7 +101,7 @@ def _until(fake: str, successes: int, seconds: float = 300) -> None:
     deadline = time.monotonic() + seconds
     while ledger(fake)["successes"] < successes:
         assert time.monotonic() < deadline, ledger(fake)["successes"]
-        time.sleep(0.1)
+        time.sleep(0.5)
 
 
 def _stored_answers(url: str, job_id: str) -> list[tuple[Any, ...]]:
