@@ -83,6 +83,9 @@ class ExecutorSettings(BaseModel):
     quarantine_after: int = Field(default=3, ge=2)
     # tasks one `defeater worker` process runs at once (each is one I/O-bound provider call)
     worker_max_jobs: int = Field(default=500, ge=1)
+    # a worker task whose key already has this many seconds of calls waiting in its process goes back to the
+    # queue (deferred) instead of waiting in a task slot: slots stay free for other keys, and the queue cheap
+    max_local_backlog_s: float = Field(default=2.0, gt=0)
     # a judge answer that does not validate is asked again this many times in all, then stored as unscorable
     judge_parse_attempts: int = Field(default=3, ge=1)
     backoff_base_s: float = Field(default=1.0, gt=0)

@@ -240,6 +240,18 @@ async def _refresh_loop(ctx: dict[str, Any]) -> None:
             log.warning("reading model configs again failed (%s)", type(exc).__name__)
 
 
+def _defer_if_backlogged(ctx: dict[str, Any], target: Target, pool: str) -> None:
+    """Send the task back to the queue for a while when its key has enough calls waiting in this process.
+
+    A task waiting for a rate-limit slot holds one of the worker's task slots, and arq re-checks every running
+    task on each poll; deferring keeps both small. The delay is the local backlog at the key's full rate (a lower
+    bound: other workers share the rate), with jitter so deferred tasks come back spread out.
+    """
+    backlog = ctx["runtime"].key_limits(target, pool).backlog_s()
+    if backlog > ctx["settings"].executor.max_local_backlog_s:
+        raise Retry(defer=backlog * ctx["runtime"].rng.uniform(1.0, 1.5))
+
+
 async def _database_retry(ctx: dict[str, Any], model: ledger.Unit, unit_id: uuid.UUID, exc: Exception) -> Retry:
     """A task that could not reach the database runs again shortly; a lease it may have taken is let go."""
     ctx["writer"].let_go(model, [unit_id])
@@ -259,6 +271,7 @@ async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
             assert prompt is not None
             use_cache, judges = await _job_info(ctx, session, job_id)
             target = await _target(ctx, session, config_id, "target")
+            _defer_if_backlogged(ctx, target, "target")
             key = target.cache_key(prompt, sample)
             earlier = await ledger.cached_answers(session, [key]) if use_cache else {}
             unit = await _claim(ctx, session, Request, unit_id)
@@ -290,6 +303,7 @@ async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
                 return found
             _, judge_id, request_id, _, _ = found
             judge = await _target(ctx, session, judge_id, "judge")
+            _defer_if_backlogged(ctx, judge, "judge")
             context = (await ledger.judge_contexts(session, [request_id]))[request_id]
             unit = await _claim(ctx, session, Judgement, unit_id)
     except Exception as exc:

@@ -119,6 +119,10 @@ class RedisKeyLimits:
     def _per_token(self) -> float:
         return 60.0 / (self.tpm * self.safety) if self.tpm else 0.0
 
+    def backlog_s(self) -> float:
+        """Seconds of calls waiting here for a slot, at the budget's full rate (a lower bound on their wait)."""
+        return len(self._waiting) * self._per_request()
+
     async def acquire(self, estimated_tokens: int) -> None:
         """Wait for this call's slot across the fleet (and for any pause of the key to end)."""
         granted = asyncio.get_running_loop().create_future()

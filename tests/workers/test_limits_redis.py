@@ -103,3 +103,15 @@ async def test_tokens_per_minute_are_shared_and_settled(redis: Redis) -> None:
     await limits.settle(5_000, 7_000)  # 2,000 more than reserved
     await limits.acquire(1_000)  # 1,000 of burst left after 7,000: waits about a second
     assert 0.8 <= time.monotonic() - started <= 1.6
+
+
+async def test_the_backlog_counts_the_calls_waiting_in_this_process(redis: Redis) -> None:
+    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", 60, None)  # a call a second
+    assert limits.backlog_s() == 0
+    waiting = [asyncio.create_task(limits.acquire(1)) for _ in range(6)]
+    await asyncio.sleep(0.2)
+    # the first slot is now and the second within the booking horizon: four calls still wait for theirs
+    assert limits.backlog_s() == pytest.approx(4.0)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
