@@ -13,6 +13,7 @@ from service.datasets.router import router as datasets_router
 from service.datasets.service import ensure_starter
 from service.db.migrate import upgrade
 from service.db.session import create_engine, create_sessionmaker
+from service.jobs.events import router as job_events_router
 from service.jobs.router import router as jobs_router
 from service.model_configs.router import router as model_configs_router
 from service.results.router import router as results_router
@@ -86,5 +87,6 @@ def create_app(
     app.include_router(model_configs_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(job_events_router)
     app.include_router(results_router)
     return app

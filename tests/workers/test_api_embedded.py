@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from tests.api.test_job_events import parse_events
 from tests.workers.processes import BIN, free_port
 
 
@@ -46,12 +47,13 @@ def test_a_job_posted_to_the_embedded_api_runs_to_completion(fake_process: Any, 
                       "filters": {"limit": 25}},
             ).json()  # fmt: skip
             assert job["state"] in ("queued", "running")
-            seen = set()
-            deadline = time.monotonic() + 60
-            while (status := client.get(f"/v1/jobs/{job['id']}").json())["state"] != "completed":
-                seen.add(status["state"])
-                assert time.monotonic() < deadline, status
-                time.sleep(0.2)
+            # follow it live, as `defeater wait` does: progress events while it runs, then the end
+            with client.stream("GET", f"/v1/jobs/{job['id']}/events", params={"interval": 0.2}, timeout=60) as live:
+                events = parse_events(live.iter_lines())
+            assert events[-1] == ("end", {"id": job["id"], "state": "completed"})
+            done = [data["status"]["progress"]["requests"]["succeeded"] for name, data in events if name == "progress"]
+            assert len(done) >= 3 and done == sorted(done) and done[-1] == 25
+            status = client.get(f"/v1/jobs/{job['id']}").json()
             assert status["progress"]["requests"]["succeeded"] == 25
             assert status["progress"]["judgements"] == {"total": 25, "pending": 0, "leased": 0, "succeeded": 25,
                                                         "failed": 0}  # fmt: skip
