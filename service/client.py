@@ -1,0 +1,230 @@
+"""The client side of the CLI: ``defeater submit``, ``status``, ``wait`` and ``gate`` against a running service.
+
+They read ``DEFEATER_URL`` and ``DEFEATER_API_TOKEN``. Exit codes are for CI: ``gate`` exits 0 when the gate
+passes, 1 when it fails and 2 when it is inconclusive or anything went wrong (bad file, unreachable service,
+refused request); ``wait`` exits 0 when the job completed, 1 when it ended otherwise, 2 on error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import httpx
+
+from service.client_file import Submission
+from service.errors import DefeaterError, FieldError
+from service.settings import Settings
+
+# how often ``wait`` asks for news, and how many times it reconnects to a stream that was cut
+EVENTS_INTERVAL_S = 1.0
+RECONNECTS = 20
+EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
+
+
+class ServiceError(DefeaterError):
+    """The service could not be reached, or refused a request; the message says which and why."""
+
+
+class ServiceClient:
+    """A thin client of the REST API that turns every failure into a ``ServiceError`` with a clear message."""
+
+    def __init__(self, settings: Settings | None = None, timeout_s: float = 30.0) -> None:
+        settings = settings or Settings()
+        self.url = settings.url.rstrip("/")
+        headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach the service at {self.url} ({type(exc).__name__}: {exc})") from None
+        if response.status_code >= 400:
+            raise _refused(method, path, response)
+        return response.json() if response.content else None
+
+    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's Server-Sent Events, reconnecting when a stream is cut (an API replica going away)."""
+        for _ in range(RECONNECTS):
+            try:
+                params = {"interval": EVENTS_INTERVAL_S}
+                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", params=params, timeout=None) as stream:
+                    if stream.status_code >= 400:
+                        stream.read()
+                        raise _refused("GET", f"/v1/jobs/{job_id}/events", stream)
+                    for event in _parse_events(stream.iter_lines()):
+                        yield event
+                        if event[0] == "end":
+                            return
+            except httpx.HTTPError:
+                time.sleep(1.0)
+        raise ServiceError(f"lost the event stream of job {job_id} at {self.url} {RECONNECTS} times")
+
+
+def _refused(method: str, path: str, response: httpx.Response) -> ServiceError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    detail = body.get("detail") or response.reason_phrase or "refused"
+    errors = [FieldError(e.get("field", "?"), e.get("message", "")) for e in body.get("errors") or []]
+    return ServiceError(f"{method} {path}: {response.status_code} {detail}", errors)
+
+
+def _parse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    name, data = "message", ""
+    for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads(data)
+            name, data = "message", ""
+        elif line.startswith("event:"):
+            name = line.partition(":")[2].strip()
+        elif line.startswith("data:"):
+            data += line.partition(":")[2].strip()
+
+
+def submit(client: ServiceClient, submission: Submission, idempotency_key: str | None = None) -> dict[str, Any]:
+    """Register (or find) the configs, find the dataset, start the job; returns the job as the API shows it."""
+    body = dict(submission.job)
+    body["dataset_id"] = _dataset_id(client, submission.dataset)
+    body["model_config_ids"] = [_config_id(client, m) for m in submission.models]
+    if submission.judges is not None:
+        body["judge_config_ids"] = [_config_id(client, j) for j in submission.judges]
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    job: dict[str, Any] = client.call("POST", "/v1/jobs", json=body, headers=headers)
+    return job
+
+
+def _dataset_id(client: ServiceClient, ref: str) -> str:
+    if _is_uuid(ref):
+        return ref
+    for dataset in _all(client, "/v1/datasets"):
+        if dataset["name"] == ref:
+            return str(dataset["id"])
+    raise ServiceError(f"no dataset named {ref!r} on {client.url}", [FieldError("dataset", "not found")])
+
+
+def _config_id(client: ServiceClient, ref: Any) -> str:
+    if not isinstance(ref, str):
+        registered = client.call("POST", "/v1/model-configs", json=ref.model_dump(mode="json", exclude_none=True))
+        return str(registered["id"])
+    if _is_uuid(ref):
+        return ref
+    for config in _all(client, "/v1/model-configs"):
+        if config["name"] == ref:
+            return str(config["id"])
+    raise ServiceError(f"no model config named {ref!r} on {client.url}", [FieldError("models", f"{ref!r} not found")])
+
+
+def _all(client: ServiceClient, path: str) -> Iterator[dict[str, Any]]:
+    cursor = None
+    while True:
+        page = client.call("GET", path, params={"limit": 500} | ({"cursor": cursor} if cursor else {}))
+        yield from page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    """One plain line of a job's status, for logs (CI) where a progress bar would be noise."""
+    requests, judgements = status["progress"]["requests"], status["progress"]["judgements"]
+    eta = f"{status['eta_seconds']:.0f} s" if status.get("eta_seconds") is not None else "-"
+    return (
+        f"{status['state']}: requests {requests['succeeded'] + requests['failed']}/{requests['total']} "
+        f"(failed {requests['failed']}), judgements {judgements['succeeded'] + judgements['failed']}/"
+        f"{judgements['total']}, {status['calls_per_second']:.1f} calls/s, ETA {eta}, ${status['cost_usd']:.2f}"
+    )
+
+
+def junit_xml(job_id: str, gate: dict[str, Any]) -> str:
+    """The gate as JUnit XML: a test case per (config, check); a failed check fails, an inconclusive one errs."""
+    checks = [(c, check) for c in gate["configs"] for check in c["checks"]]
+    suite = ElementTree.Element(
+        "testsuite",
+        name=f"defeater gate {job_id}",
+        tests=str(len(checks)),
+        failures=str(sum(check["verdict"] == "fail" for _, check in checks)),
+        errors=str(sum(check["verdict"] == "inconclusive" for _, check in checks)),
+    )
+    for config, check in checks:
+        case = ElementTree.SubElement(
+            suite, "testcase", classname=str(config.get("name") or config["model_config_id"]), name=_check_name(check)
+        )
+        if check["verdict"] == "fail":
+            ElementTree.SubElement(case, "failure", message=_check_figures(check))
+        elif check["verdict"] == "inconclusive":
+            ElementTree.SubElement(case, "error", message=f"inconclusive: {_check_figures(check)}")
+    root = ElementTree.Element("testsuites")
+    root.append(suite)
+    return ElementTree.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def markdown(job_id: str, gate: dict[str, Any]) -> str:
+    """The gate as a Markdown summary, for a pull request comment."""
+    lines = [f"### Defeater gate: **{gate['verdict']}** (job `{job_id}`)", ""]
+    lines += [
+        "| config | check | figure | 95% CI | threshold / baseline | p | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for config in gate["configs"]:
+        for check in config["checks"]:
+            ci = check.get("ci95") or {}
+            interval = f"{ci.get('low', 0):.3f}-{ci.get('high', 0):.3f}" if ci else "-"
+            against = (
+                f"{check['op']} {check['threshold']}" if check.get("threshold") is not None
+                else f"baseline {number(check.get('baseline_figure'))}"
+            )  # fmt: skip
+            lines.append(
+                f"| {config.get('name') or config['model_config_id']} | {_check_name(check)} | "
+                f"{number(check.get('figure'))} | {interval} | {against} | {number(check.get('p_value'))} | "
+                f"{check['verdict']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _check_name(check: dict[str, Any]) -> str:
+    return f"{check['metric']} ({check['cases']})"
+
+
+def _check_figures(check: dict[str, Any]) -> str:
+    parts = [f"figure {number(check.get('figure'))}"]
+    if check.get("threshold") is not None:
+        parts.append(f"threshold {check.get('op', '')} {check['threshold']}")
+    if check.get("baseline_figure") is not None:
+        parts.append(f"baseline {number(check['baseline_figure'])}")
+    if check.get("p_value") is not None:
+        parts.append(f"p {number(check['p_value'])}")
+    return ", ".join(parts)
+
+
+def number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_reports(job_id: str, gate: dict[str, Any], junit: Path | None, summary: Path | None) -> None:
+    if junit is not None:
+        junit.write_text(junit_xml(job_id, gate), encoding="utf-8")
+    if summary is not None:
+        summary.write_text(markdown(job_id, gate), encoding="utf-8")

@@ -1,0 +1,135 @@
+"""The submission file of ``defeater submit``: model configs, dataset, filters and gate, in YAML or JSON.
+
+Everything is checked before anything is sent, with the schemas the API itself uses, and a problem is reported
+with the line of the file it is on, so a CI log points straight at it::
+
+    dataset: blind-refusal              # a dataset name or id
+    models:
+      - name: candidate                 # a full model config (registered, or found if already registered) ...
+        provider: openai
+        model: gpt-5.4
+      - baseline-2026-10                # ... or the name or id of a registered one
+    judges: [default-judge]             # optional: the service's default judge otherwise
+    filters: {families: [...], limit: 500}
+    samples_per_case: 1
+    budget_usd: 50
+    gate: {max_unjudged_share: 0.02, checks: [...]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import FieldError, ValidationFailed, field_errors, field_name
+from service.jobs.schemas import GateSpec, JobFilters
+from service.model_configs.schemas import ModelConfigCreate
+
+
+class _Body(BaseModel):
+    """The file's top level; model configs are checked one by one (a name, or a full config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1)
+    models: list[Any] = Field(min_length=1)
+    judges: list[Any] | None = Field(default=None, min_length=1)
+    filters: JobFilters = Field(default_factory=JobFilters)
+    samples_per_case: int = Field(default=1, ge=1)
+    budget_usd: float | None = Field(default=None, gt=0)
+    use_cache: bool = True
+    gate: GateSpec | None = None
+
+
+@dataclass
+class Submission:
+    """A checked submission: configs to register (or names / ids to look up) and the job's other fields."""
+
+    dataset: str
+    models: list[ModelConfigCreate | str]
+    judges: list[ModelConfigCreate | str] | None
+    job: dict[str, Any] = field(default_factory=dict)
+
+
+def load_submission(path: Path) -> Submission:
+    """Read and check a submission file; every problem names its line and field (``ValidationFailed``)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "the file"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ValidationFailed(f"{path}: {where}: not valid YAML or JSON: {problem}") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed(f"{path}: line 1: expected a mapping of dataset, models, filters, gate, ...")
+    try:
+        body = _Body.model_validate(data)
+    except ValidationError as exc:
+        raise _located(path, root, field_errors(exc.errors(include_url=False))) from None
+    problems: list[FieldError] = []
+    models = _configs(body.models, "models", problems)
+    judges = _configs(body.judges, "judges", problems) if body.judges is not None else None
+    if problems:
+        raise _located(path, root, problems)
+    job = body.model_dump(mode="json", exclude={"dataset", "models", "judges"}, exclude_none=True)
+    return Submission(dataset=body.dataset, models=models, judges=judges, job=job)
+
+
+def _configs(items: list[Any], where: str, problems: list[FieldError]) -> list[ModelConfigCreate | str]:
+    out: list[ModelConfigCreate | str] = []
+    for index, item in enumerate(items):
+        if isinstance(item, str) and item:
+            out.append(item)
+            continue
+        if not isinstance(item, dict):
+            problems.append(FieldError(field_name([where, index]), "a model config, or the name or id of one"))
+            continue
+        try:
+            out.append(ModelConfigCreate.model_validate(item))
+        except ValidationError as exc:
+            problems.extend(field_errors(exc.errors(include_url=False), (where, index)))
+    return out
+
+
+def _located(path: Path, root: yaml.Node | None, problems: list[FieldError]) -> ValidationFailed:
+    """The problems, each prefixed with the line of the file its field is on."""
+    located = [FieldError(p.field, f"line {_line(root, p.field)}: {p.message}") for p in problems]
+    return ValidationFailed(f"{path}: {located[0].field}: {located[0].message}", located)
+
+
+def _line(root: yaml.Node | None, name: str) -> int:
+    """The 1-based line of the deepest node of ``name`` (``a.b[2].c``) that the file has."""
+    node = root
+    line = (node.start_mark.line + 1) if node is not None else 1
+    for part in _parts(name):
+        child = _child(node, part)
+        if child is None:
+            break
+        node = child
+        line = child.start_mark.line + 1
+    return line
+
+
+def _parts(name: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for piece in name.replace("]", "").replace("[", ".").split("."):
+        if piece:
+            parts.append(int(piece) if piece.isdigit() else piece)
+    return parts
+
+
+def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+        for key, value in node.value:
+            if key.value == part:
+                return value if isinstance(value, yaml.Node) else None
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        child: yaml.Node = node.value[part]
+        return child
+    return None
