@@ -14,6 +14,7 @@ from service.datasets import repository as datasets_repo
 from service.db.base import utcnow
 from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
 from service.errors import Conflict, FieldError, NotFound, ValidationFailed
+from service.gates.validation import ConfigRef, check_spec
 from service.jobs import repository
 from service.jobs.repository import CaseRef
 from service.jobs.schemas import JobCreate, JobRead, JobSummary, Progress
@@ -129,7 +130,7 @@ async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _
             [FieldError("filters", "select fewer cases, configs or samples")],
         )
     if body.gate:
-        _check_baselines(body, targets)
+        check_spec(body.gate, [ConfigRef(c.id, c.name) for c in targets], prefix="gate.")
     return _Plan(cases, targets, judges)
 
 
@@ -181,18 +182,6 @@ def stable_subset(cases: list[CaseRef], limit: int) -> list[CaseRef]:
 
     chosen = {c.id for c in sorted(cases, key=rank)[:limit]}
     return [c for c in cases if c.id in chosen]
-
-
-def _check_baselines(body: JobCreate, targets: list[ModelConfig]) -> None:
-    names = {c.name: c for c in targets} | {str(c.id): c for c in targets}
-    assert body.gate is not None
-    errors = [
-        FieldError(f"gate.checks[{i}].baseline", f"{check.baseline!r} is not one of the job's model configs")
-        for i, check in enumerate(body.gate.checks)
-        if check.baseline is not None and check.baseline not in names
-    ]
-    if errors:
-        raise ValidationFailed("a gate check names a baseline outside the job", errors)
 
 
 def _links(job_id: uuid.UUID, plan: _Plan) -> list[dict[str, object]]:
