@@ -23,14 +23,14 @@ import httpx
 from service.app import create_app
 from service.db.migrate import upgrade
 from service.db.session import create_engine
-from service.settings import Settings
+from service.settings import AuthSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT.parent / "shared" / "data" / "blind-refusal" / "cases.jsonl"
 
 
 async def _measure(url: str, repeat: int) -> list[float]:
-    settings = Settings(database_url=url)
+    settings = Settings(database_url=url, auth=AuthSettings(required=False))  # in-process: no tokens to measure
     engine = create_engine(settings, pooled=False)
     await upgrade(engine)
     await engine.dispose()

@@ -16,7 +16,9 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem_response(error: DefeaterError, request: Request) -> JSONResponse:
-    return JSONResponse(error.problem(request.url.path), status_code=error.status, media_type=PROBLEM_JSON)
+    return JSONResponse(
+        error.problem(request.url.path), status_code=error.status, media_type=PROBLEM_JSON, headers=error.headers
+    )
 
 
 async def _on_defeater_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import api_errors, health, metrics
+from service.auth.guard import require_token
+from service.auth.router import router as tokens_router
+from service.auth.scopes import Scope
 from service.datasets.router import router as datasets_router
 from service.datasets.service import ensure_starter
 from service.db.migrate import upgrade
 from service.db.session import create_engine, create_sessionmaker
+from service.gates.router import router as gates_router
 from service.jobs.events import router as job_events_router
 from service.jobs.router import router as jobs_router
 from service.model_configs.router import router as model_configs_router
@@ -20,6 +25,17 @@ from service.results.router import router as results_router
 from service.settings import Settings
 
 API_VERSION = "0.1.0"
+# RFC 9457: the fields every error of ours carries
+_PROBLEM_FIELDS = {"type": "string", "title": "string", "status": "integer", "detail": "string"}
+_PROBLEM: dict[str, Any] = {
+    "application/problem+json": {
+        "schema": {"type": "object", "properties": {name: {"type": kind} for name, kind in _PROBLEM_FIELDS.items()}}
+    }
+}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid API token (none, unknown or revoked)", "content": _PROBLEM},
+    403: {"description": "the token lacks the scope this request needs", "content": _PROBLEM},
+}
 
 
 def create_app(
@@ -32,6 +48,9 @@ def create_app(
 
     ``run_jobs``: execute posted jobs in this process (default: when embedded, i.e. no Redis, and no sessionmaker
     was handed in).
+
+    API tokens are required unless ``settings.auth.required`` is ``False``: the app does not know the address it
+    will serve, so an unset setting means required here (``defeater api`` decides it from the address first).
     """
     if run_jobs is None:
         run_jobs = sessionmaker is None
@@ -82,11 +101,16 @@ def create_app(
     )
     app.state.settings = settings
     api_errors.install(app)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(model_configs_router)
-    app.include_router(datasets_router)
-    app.include_router(jobs_router)
-    app.include_router(job_events_router)
-    app.include_router(results_router)
+    app.include_router(health.router)  # the only open router: probes carry no token
+    # Every other router goes behind the token check (service/auth/guard.py), its scope following from the method;
+    # include new ones with `dependencies=member` (tests/auth checks every operation but health's answers 401 bare).
+    member, admin = [Depends(require_token())], [Depends(require_token(Scope.admin))]
+    app.include_router(metrics.router, dependencies=member, responses=AUTH_RESPONSES)
+    app.include_router(model_configs_router, dependencies=member, responses=AUTH_RESPONSES)
+    app.include_router(datasets_router, dependencies=member, responses=AUTH_RESPONSES)
+    app.include_router(jobs_router, dependencies=member, responses=AUTH_RESPONSES)
+    app.include_router(job_events_router, dependencies=member, responses=AUTH_RESPONSES)
+    app.include_router(results_router, dependencies=member, responses=AUTH_RESPONSES)
+    app.include_router(gates_router, dependencies=member, responses=AUTH_RESPONSES)
+    app.include_router(tokens_router, dependencies=admin, responses=AUTH_RESPONSES)
     return app

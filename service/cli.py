@@ -22,6 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.auth import service as tokens
+from service.auth.scopes import Scope
 from service.datasets import service as datasets
 from service.datasets.parsing import detect_format, read_records, validate_records
 from service.db.migrate import current_revision, upgrade
@@ -39,10 +41,12 @@ db_app = typer.Typer(help="The ledger's schema.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Import and list datasets.", no_args_is_help=True)
 configs_app = typer.Typer(help="Register and list model configs.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Create, inspect and cancel jobs on the local ledger.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Make, list and revoke API tokens (on the database directly).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(configs_app, name="configs")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(tokens_app, name="tokens")
 
 # wide enough for the results table when the output is a file or a CI log
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -439,6 +443,75 @@ async def results_command(
         out.print(f"report: {html}")
 
 
+# ---- tokens -----------------------------------------------------------------------------------------------
+
+
+ScopeOpt = Annotated[
+    list[Scope], typer.Option("--scope", "-s", help="read, submit or admin; repeatable (admin ⊇ submit ⊇ read)")
+]
+
+
+@tokens_app.command("create")
+@command
+async def tokens_create(
+    name: Annotated[str, typer.Option("--name", "-n", help="who or what uses it, e.g. release-ci")],
+    scope: ScopeOpt = [],  # noqa: B006
+    output: FormatOpt = "table",
+) -> None:
+    """Make an API token and print it, this once: only its hash is stored, so it cannot be shown again."""
+    from service.auth.schemas import TokenCreate, TokenRead
+
+    if not scope:
+        raise ValidationFailed("give at least one --scope: read, submit or admin", [FieldError("--scope", "missing")])
+    body = TokenCreate(name=name, scopes=scope)
+    async with local_session() as session:
+        issued = await tokens.create_token(session, body)
+        await session.commit()
+    if output == "json":
+        shown = TokenRead.model_validate(issued.row).model_dump(mode="json") | {"token": issued.plaintext}
+        out.print_json(json.dumps(shown))
+        return
+    row = issued.row
+    out.print(f"created token [bold]{row.name}[/] (scopes: {', '.join(row.scopes)}), id {row.id}:", highlight=False)
+    out.print(issued.plaintext, markup=False, highlight=False)
+    out.print(
+        "It is shown this once: store it now. Send it as `Authorization: Bearer <token>`, or set DEFEATER_API_TOKEN "
+        "for the defeater client commands.",
+        markup=False,
+        highlight=False,
+    )
+
+
+@tokens_app.command("list")
+@command
+async def tokens_list() -> None:
+    """Every token: name, first characters, scopes and dates. Never the token."""
+    from service.auth import repository
+
+    async with local_session() as session:
+        rows = await repository.list_all(session)
+    table = Table("name", "prefix", "scopes", "created", "last used", "revoked", "id")
+    for t in rows:
+        dates = [f"{d:%Y-%m-%d %H:%M}" if d else "" for d in (t.created_at, t.last_used_at, t.revoked_at)]
+        table.add_row(t.name, t.prefix, ",".join(t.scopes), *dates, str(t.id))
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+@command
+async def tokens_revoke(
+    ref: Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="the token's name or id")],
+) -> None:
+    """Revoke a token: requests carrying it get 401 from now on."""
+    async with local_session() as session:
+        row = await tokens.resolve(session, ref)
+        already = row.revoked_at is not None
+        await tokens.revoke(session, row)
+        await session.commit()
+    state = "was already revoked" if already else "revoked"
+    out.print(f"token {row.name} ({row.prefix}…) {state} at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC", highlight=False)
+
+
 # ---- service ----------------------------------------------------------------------------------------------
 
 
@@ -504,18 +577,28 @@ def api_command(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Serve the REST API (uvicorn)."""
+    """Serve the REST API (uvicorn). Tokens are required, except embedded (no Redis) on a loopback address."""
     import uvicorn
 
     from service.app import create_app
+    from service.auth.binding import serving_auth
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    settings = Settings()
+    try:
+        decided = serving_auth(settings, host)
+    except DefeaterError as exc:
+        raise fail(exc.detail) from None
+    auth = settings.auth.model_copy(update={"required": decided.tokens_required})
+    state = "required" if decided.tokens_required else "off"
+    err.print(f"API tokens {state} ({decided.reason})", highlight=False, markup=False)
+    uvicorn.run(create_app(settings.model_copy(update={"auth": auth})), host=host, port=port, log_level="info")
 
 
 def main() -> None:
     """Console entry point."""
-    from service import cli_demo, cli_run  # noqa: F401  (register `defeater run` and `defeater demo`)
+    from service import cli_client, cli_demo, cli_run  # noqa: F401  (register `defeater run` and `defeater demo`)
 
+    cli_client.register(app)  # `defeater submit`, `status`, `wait`, `gate`: a client of a running service
     try:
         app()
     except KeyboardInterrupt:

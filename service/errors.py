@@ -38,6 +38,8 @@ class DefeaterError(Exception):
     status: int = 400
     type: str = "bad-request"
     title: str = "Bad request"
+    # response headers the error needs (``WWW-Authenticate`` on a 401)
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__(self.detail)
@@ -81,6 +83,24 @@ class Conflict(DefeaterError):
     status: int = 409
     type: str = "conflict"
     title: str = "Conflict"
+
+
+@dataclass
+class Unauthorized(DefeaterError):
+    """No valid API token came with the request (none, unknown or revoked); never echoes what was sent."""
+
+    status: int = 401
+    type: str = "unauthorized"
+    title: str = "Unauthorized"
+
+
+@dataclass
+class Forbidden(DefeaterError):
+    """The token is valid but lacks the scope the endpoint needs; the detail names that scope."""
+
+    status: int = 403
+    type: str = "forbidden"
+    title: str = "Forbidden"
 
 
 @dataclass

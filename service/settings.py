@@ -92,6 +92,20 @@ class ExecutorSettings(BaseModel):
     backoff_cap_s: float = Field(default=60.0, gt=0)
 
 
+class AuthSettings(BaseModel):
+    """Who may call the REST API (see "Access control" in docs/architecture.md).
+
+    ``required``: ``True``, every endpoint but ``/healthz`` and ``/readyz`` needs a bearer token; ``False``, none
+    does; unset, ``defeater api`` decides where it serves: no tokens when embedded (no Redis) on a loopback address,
+    tokens everywhere else. An app built without knowing its address (``create_app``) requires them.
+    ``allow_open_non_loopback``: let ``defeater api`` serve a non-loopback address with ``required=False`` (only
+    behind something that authenticates callers itself); without it, that start is refused.
+    """
+
+    required: bool | None = None
+    allow_open_non_loopback: bool = False
+
+
 class Settings(BaseSettings):
     """All of the service's settings. Nested groups read ``DEFEATER_<GROUP>__<FIELD>``."""
 
@@ -109,6 +123,7 @@ class Settings(BaseSettings):
     default_judge: DefaultJudge = DefaultJudge()
     providers: ProviderSettings = ProviderSettings()
     executor: ExecutorSettings = ExecutorSettings()
+    auth: AuthSettings = AuthSettings()
 
     # client side
     url: str = "http://127.0.0.1:8000"

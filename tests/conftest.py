@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from service.app import create_app
 from service.db.migrate import upgrade
 from service.db.session import create_engine
-from service.settings import Settings
+from service.settings import AuthSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_DIR = Path(os.environ.get("DEFEATER_STUDY_DATA", ROOT.parent / "shared" / "data" / "blind-refusal"))
@@ -123,7 +123,8 @@ async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterat
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url)
+    """The database's settings, API tokens off: tests/auth builds its apps with tokens on."""
+    return Settings(database_url=database_url, auth=AuthSettings(required=False))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from service.jobs.schemas import JobCreate, JobFilters
 from service.jobs.service import create_job
 from service.model_configs.schemas import ModelConfigCreate
 from service.model_configs.service import register
-from service.settings import ExecutorSettings, Settings
+from service.settings import AuthSettings, ExecutorSettings, Settings
 from tests.conftest import migrated_database
 from tests.workers.processes import fake_process, run_env  # noqa: F401  (fixtures)
 from workers.providers.fake import FakeConfig, FakeProvider
@@ -44,9 +44,10 @@ async def ledger(ledger_url: str) -> AsyncIterator[async_sessionmaker[AsyncSessi
 
 @pytest.fixture
 def work_settings(ledger_url: str) -> Settings:
-    """Fast retries and small batches so that tests see every path quickly."""
+    """Fast retries and small batches so that tests see every path quickly; API tokens off."""
     return Settings(
         database_url=ledger_url,
+        auth=AuthSettings(required=False),
         executor=ExecutorSettings(
             backoff_base_s=0.01, backoff_cap_s=0.05, flush_interval_s=0.02, max_attempts=8, quarantine_after=5
         ),

@@ -46,7 +46,8 @@ def cluster(fake_process: Any, run_env: dict[str, str], study_dir: Path) -> Iter
     """A fresh Postgres database holding the study, an API, three workers, the fake replaying the study."""
     name, url = asyncio.run(_create_postgres_database())
     Redis.from_url(REDIS_URL).flushall()
-    env = run_env | {"DEFEATER_DATABASE_URL": url, "DEFEATER_REDIS_URL": REDIS_URL, "FAKE_PROVIDER_KEY": "x"}
+    env = run_env | {"DEFEATER_DATABASE_URL": url, "DEFEATER_REDIS_URL": REDIS_URL, "FAKE_PROVIDER_KEY": "x",
+                     "DEFEATER_AUTH__REQUIRED": "false"}  # fmt: skip
     subprocess.run([str(BIN / "defeater"), "db", "upgrade"], env=env, check=True, capture_output=True)
     imported = subprocess.run(
         [str(BIN / "defeater"), "datasets", "import", str(study_dir / "cases.jsonl"), "--name", "study"],

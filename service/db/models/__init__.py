@@ -1,5 +1,6 @@
 """The ledger's tables. Importing this package registers every table on ``Base.metadata``."""
 
+from service.db.models.api_token import ApiToken
 from service.db.models.dataset import Case, Dataset
 from service.db.models.enums import (
     ConfigRole,
@@ -16,6 +17,7 @@ from service.db.models.model_config import ModelConfig
 from service.db.models.work import Judgement, Request, Response
 
 __all__ = [
+    "ApiToken",
     "Case",
     "ConfigRole",
     "Dataset",
