@@ -53,12 +53,16 @@ def submit_command(
     idempotency_key: Annotated[
         str | None, typer.Option(help="the same key and file again return the same job instead of a new one")
     ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id (for JOB=$(...))")] = False,
 ) -> None:
     """Start a job on the service from a submission file; prints the job id (and with --wait, follows it)."""
     submission = load_submission(file)
     with api.ServiceClient() as client:
         job = api.submit(client, submission, idempotency_key)
-        out.print(f"job {job['id']}: {job['state']} ({job['request_count']} requests)", highlight=False)
+        if quiet:
+            out.print(job["id"], highlight=False)
+        else:
+            out.print(f"job {job['id']}: {job['state']} ({job['request_count']} requests)", highlight=False)
         if wait:
             raise typer.Exit(_follow(client, str(job["id"])))
 
@@ -116,17 +120,12 @@ def _print_gate(gate: dict[str, Any]) -> None:
     table = Table("config", "check", "figure", "95% CI", "against", "p", "verdict", title=f"gate: {gate['verdict']}")
     for config in gate["configs"]:
         for check in config["checks"]:
-            ci = check.get("ci95") or {}
-            against = (
-                f"{check.get('op', '')} {check['threshold']}" if check.get("threshold") is not None
-                else f"baseline {api.number(check.get('baseline_figure'))}"
-            )  # fmt: skip
             table.add_row(
                 str(config.get("name") or config["model_config_id"]),
                 f"{check['metric']} ({check['cases']})",
                 api.number(check.get("figure")),
-                f"{ci['low']:.3f}-{ci['high']:.3f}" if ci else "-",
-                against,
+                api.interval(check.get("ci95")),
+                api.against(check),
                 api.number(check.get("p_value")),
                 check["verdict"],
             )

@@ -57,6 +57,7 @@ class ServiceClient:
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """The job's Server-Sent Events, reconnecting when a stream is cut (an API replica going away)."""
+        self.call("GET", f"/v1/jobs/{job_id}")  # an unreachable service or an unknown job is an error at once
         for _ in range(RECONNECTS):
             try:
                 params = {"interval": EVENTS_INTERVAL_S}
@@ -190,18 +191,28 @@ def markdown(job_id: str, gate: dict[str, Any]) -> str:
     ]
     for config in gate["configs"]:
         for check in config["checks"]:
-            ci = check.get("ci95") or {}
-            interval = f"{ci.get('low', 0):.3f}-{ci.get('high', 0):.3f}" if ci else "-"
-            against = (
-                f"{check['op']} {check['threshold']}" if check.get("threshold") is not None
-                else f"baseline {number(check.get('baseline_figure'))}"
-            )  # fmt: skip
             lines.append(
                 f"| {config.get('name') or config['model_config_id']} | {_check_name(check)} | "
-                f"{number(check.get('figure'))} | {interval} | {against} | {number(check.get('p_value'))} | "
-                f"{check['verdict']} |"
+                f"{number(check.get('figure'))} | {interval(check.get('ci95'))} | {against(check)} | "
+                f"{number(check.get('p_value'))} | {check['verdict']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def interval(ci: Any) -> str:
+    """A 95% interval as ``low-high`` (the API sends ``[low, high]``), or ``-``."""
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-"
+
+
+def against(check: dict[str, Any]) -> str:
+    """What a check's figure is held to: its threshold, or the baseline (with the paired difference)."""
+    if check.get("threshold") is not None:
+        return f"{check.get('op', '')} {check['threshold']}"
+    text = f"baseline {number(check.get('baseline_figure'))}"
+    difference = check.get("difference") or {}
+    if difference.get("value") is not None:
+        text += f", difference {number(difference['value'])} [{interval(difference.get('ci95'))}]"
+    return text
 
 
 def _check_name(check: dict[str, Any]) -> str:
@@ -209,13 +220,11 @@ def _check_name(check: dict[str, Any]) -> str:
 
 
 def _check_figures(check: dict[str, Any]) -> str:
-    parts = [f"figure {number(check.get('figure'))}"]
-    if check.get("threshold") is not None:
-        parts.append(f"threshold {check.get('op', '')} {check['threshold']}")
-    if check.get("baseline_figure") is not None:
-        parts.append(f"baseline {number(check['baseline_figure'])}")
+    parts = [f"figure {number(check.get('figure'))} [{interval(check.get('ci95'))}]", against(check)]
     if check.get("p_value") is not None:
         parts.append(f"p {number(check['p_value'])}")
+    if check.get("reason"):
+        parts.append(str(check["reason"]))
     return ", ".join(parts)
 
 

@@ -7,6 +7,7 @@ a tie on any dimension leaves the answer unlabelled, counted as ``unjudged``.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -161,16 +162,14 @@ class PairCounts:
 
 
 async def paired_helps(session: AsyncSession, job_id: uuid.UUID) -> list[PairCounts]:
-    """For every two configs: labelled answers to the same (defeated case, sample), and who helped."""
+    """For every two configs: labelled answers to the same (defeated case, sample), and who helped.
+
+    One pass over the job's labelled answers, paired here rather than by a self-join in SQL: the self-join of the
+    labels subquery made planners without fresh statistics choose a nested loop, minutes at 18 configs.
+    """
     lab = labels(job_id)
-    helps = case((lab.c.rtype == "helps", 1), else_=0)
-    per = (
-        select(
-            Request.model_config_id.label("cfg"),
-            Request.case_id,
-            Request.sample_index,
-            helps.label("helps"),
-        )
+    query = (
+        select(Request.case_id, Request.sample_index, Request.model_config_id, lab.c.rtype)
         .join(Case, Case.id == Request.case_id)
         .join(lab, lab.c.request_id == Request.id)
         .where(
@@ -180,24 +179,26 @@ async def paired_helps(session: AsyncSession, job_id: uuid.UUID) -> list[PairCou
             lab.c.engage.is_not(None),
             lab.c.harm.is_not(None),
         )
-        .subquery("per")
     )
-    a, b = per.alias("a"), per.alias("b")
-    query = (
-        select(
-            a.c.cfg,
-            b.c.cfg,
-            func.count(),
-            func.sum(a.c.helps),
-            func.sum(b.c.helps),
-            _count(and_(a.c.helps == 1, b.c.helps == 0)),
-            _count(and_(a.c.helps == 0, b.c.helps == 1)),
-        )
-        .join(b, and_(a.c.case_id == b.c.case_id, a.c.sample_index == b.c.sample_index, a.c.cfg != b.c.cfg))
-        .group_by(a.c.cfg, b.c.cfg)
-    )
-    rows = (await session.execute(query)).all()
-    return [PairCounts(r[0], r[1], *(int(x or 0) for x in r[2:])) for r in rows if str(r[0]) < str(r[1])]
+    answers: dict[tuple[uuid.UUID, int], dict[uuid.UUID, bool]] = defaultdict(dict)
+    for case_id, sample, config_id, rtype in (await session.execute(query)).all():
+        answers[case_id, sample][config_id] = _label(rtype) == ResponseType.helps.value
+    tally: dict[tuple[uuid.UUID, uuid.UUID], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for by_config in answers.values():
+        ordered = sorted(by_config.items(), key=lambda item: str(item[0]))
+        for i, (a, a_helps) in enumerate(ordered):
+            for b, b_helps in ordered[i + 1 :]:
+                counts = tally[a, b]
+                counts[0] += 1
+                counts[1] += a_helps
+                counts[2] += b_helps
+                counts[3] += a_helps and not b_helps
+                counts[4] += b_helps and not a_helps
+    return [PairCounts(a, b, *counts) for (a, b), counts in tally.items()]
+
+
+def _label(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 def response_rows(job_id: uuid.UUID) -> Any:

@@ -157,6 +157,21 @@ def check_results_against_the_study_files(env: dict[str, str], job_id: str, stud
         if want["n"]:
             assert cell.helps_rate.value == want["helps"] / want["n"]
             assert cell.refusal_rate.count == want["hard"] + want["deflection"]
+    check_paired_comparisons(got, names, study_dir)
+
+
+def check_paired_comparisons(got: Any, names: dict[Any, str], study_dir: Path) -> None:
+    """Every two models, paired on the defeated cases both have a label for: the counts McNemar's test uses."""
+    defeated = {json.loads(line)["id"] for line in (study_dir / "cases.jsonl").read_text().splitlines()
+                if json.loads(line)["defeat_type"] != "control"}  # fmt: skip
+    helps = {key: label["response_type"] == "helps" for key, label in recorded_labels(study_dir).items()}
+    assert len(got.comparisons) == 15
+    for comparison in got.comparisons:
+        a, b = names[comparison.a], names[comparison.b]
+        both = [case for case in defeated if (a, case) in helps and (b, case) in helps]
+        a_only = sum(helps[a, case] and not helps[b, case] for case in both)
+        b_only = sum(helps[b, case] and not helps[a, case] for case in both)
+        assert (comparison.pairs, comparison.a_only, comparison.b_only) == (len(both), a_only, b_only), (a, b)
 
 
 def check_human_agreement_against_the_study_files(env: dict[str, str], job_id: str, study_dir: Path) -> None:
