@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
@@ -426,13 +427,23 @@ async def results_command(
     output: FormatOpt = "table",
     html: Annotated[Path | None, typer.Option(help="also write a self-contained HTML report here")] = None,
 ) -> None:
-    """A job's results: rates with Wilson 95% intervals per config (``--format json``: every group)."""
+    """A job's results: rates with Wilson 95% intervals per config (``--format json``: every group).
+
+    With ``DEFEATER_URL`` set they come from that service (with ``DEFEATER_API_TOKEN``), else the local ledger.
+    """
     from service.results.display import print_results
     from service.results.report import render_html
     from service.results.service import results
 
-    async with local_session() as session:
-        figures = await results(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
+    if os.environ.get("DEFEATER_URL"):  # a client of a running service, like `submit`, `wait` and `gate`
+        from service.client import ServiceClient
+        from service.results.schemas import Results
+
+        with ServiceClient() as client:
+            figures = Results.model_validate(client.call("GET", f"/v1/jobs/{_uuid(job_id, 'JOB')}/results"))
+    else:
+        async with local_session() as session:
+            figures = await results(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
     if html is not None:
         html.write_text(render_html(figures, title=f"Defeater results: job {figures.job_id}"))
     if output == "json":

@@ -103,6 +103,12 @@ def test_the_ci_example_submits_waits_and_gates(service: dict[str, Any]) -> None
     assert waited.returncode == 0, waited.stderr
     assert waited.stdout.strip().endswith(f"job {job} completed") and "requests 12/12" in waited.stdout
 
+    shown = defeater(env, "results", job, "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        json.loads(shown.stdout)["overall"]["all"]["n"] + json.loads(shown.stdout)["overall"]["all"]["unjudged"] == 12
+    )
+
     junit, summary = folder / "gate.xml", folder / "gate.md"
     gated = defeater(env, "gate", job, "--junit", str(junit), "--summary", str(summary))
     assert gated.returncode == 0, gated.stdout + gated.stderr

@@ -32,6 +32,8 @@ RECONCILE_EVERY_S = 15
 # a worker checks whether a job it wrote to is done at most this often (the check counts the job's open units)
 FINISH_CHECK_S = 1.0
 JOB_TIMEOUT_S = 6 * 3600
+# a task sent back to the queue because its key is backlogged comes back after at most this long
+MAX_DEFER_S = 5.0
 # a task that finds the database unreachable (restarting, say) runs again after this many seconds
 DATABASE_RETRY_S = 2
 
@@ -248,8 +250,11 @@ def _defer_if_backlogged(ctx: dict[str, Any], target: Target, pool: str) -> None
     bound: other workers share the rate), with jitter so deferred tasks come back spread out.
     """
     backlog = ctx["runtime"].key_limits(target, pool).backlog_s()
-    if backlog > ctx["settings"].executor.max_local_backlog_s:
-        raise Retry(defer=backlog * ctx["runtime"].rng.uniform(1.0, 1.5))
+    executor = ctx["settings"].executor
+    if backlog > executor.max_local_backlog_s:
+        # never longer than MAX_DEFER_S: a deferred task must see a raised limit within seconds
+        longest = max(MAX_DEFER_S, executor.limits_refresh_s)
+        raise Retry(defer=min(backlog * ctx["runtime"].rng.uniform(1.0, 1.5), longest))
 
 
 async def _database_retry(ctx: dict[str, Any], model: ledger.Unit, unit_id: uuid.UUID, exc: Exception) -> Retry:
