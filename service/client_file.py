@@ -13,6 +13,7 @@ with the line of the file it is on, so a CI log points straight at it::
     filters: {families: [...], limit: 500}
     samples_per_case: 1
     budget_usd: 50
+    webhook_url: https://ci.example/hooks/defeater   # optional: a signed POST when the job ends
     gate: {max_unjudged_share: 0.02, checks: [...]}
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import FieldError, ValidationFailed, field_errors, field_name
 from service.jobs.schemas import GateSpec, JobFilters
@@ -42,6 +43,7 @@ class _Body(BaseModel):
     samples_per_case: int = Field(default=1, ge=1)
     budget_usd: float | None = Field(default=None, gt=0)
     use_cache: bool = True
+    webhook_url: AnyHttpUrl | None = None
     gate: GateSpec | None = None
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     providers: ProviderSettings = ProviderSettings()
     executor: ExecutorSettings = ExecutorSettings()
     auth: AuthSettings = AuthSettings()
+
+    # signs jobs' completion webhooks (HMAC-SHA256); from the environment or a secret store only
+    webhook_secret: SecretStr | None = None
 
     # client side
     url: str = "http://127.0.0.1:8000"

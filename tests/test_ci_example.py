@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from redis import Redis
 
 from tests.conftest import _create_postgres_database, _drop_postgres_database
-from tests.workers.processes import BIN, fake_process, free_port, run_env  # noqa: F401  (fixtures)
+from tests.workers.processes import BIN, fake_process, free_port, run_env, stop, wait_ready  # noqa: F401
 
 REDIS_URL = "redis://127.0.0.1:6379/7"
 
@@ -63,28 +62,14 @@ def service(fake_process: Any, run_env: dict[str, str], tmp_path: Path) -> Itera
     processes = [subprocess.Popen([str(BIN / "defeater"), "api", "--port", str(port)], env=env, **quiet),
                  subprocess.Popen([str(BIN / "defeater"), "worker"], env=env, **quiet)]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the API did not become ready"
-        time.sleep(0.2)
+    wait_ready(base)
     fake = fake_process({"latency": {"distribution": "fixed", "mean_s": 0.01}})
     # the CI job has the service's address and its token, and nothing of the service's own settings
     client_env = run_env | {"DEFEATER_URL": base, "DEFEATER_API_TOKEN": token}
     try:
         yield {"base": base, "fake": fake, "env": client_env, "token": token, "dir": tmp_path}
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
         asyncio.run(_drop_postgres_database(name))
         Redis.from_url(REDIS_URL).flushdb()
 

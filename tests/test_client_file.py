@@ -50,8 +50,9 @@ def test_a_good_file_gives_configs_refs_and_the_job_body(tmp_path: Path) -> None
 
 def test_json_is_read_too(tmp_path: Path) -> None:
     path = tmp_path / "job.json"
-    path.write_text('{"dataset": "starter", "models": ["gpt"], "samples_per_case": 2}')
-    assert load_submission(path).job["samples_per_case"] == 2
+    path.write_text('{"dataset": "starter", "models": ["gpt"], "samples_per_case": 2, "webhook_url": "https://h/x"}')
+    job = load_submission(path).job
+    assert job["samples_per_case"] == 2 and job["webhook_url"] == "https://h/x"
 
 
 def test_an_unknown_metric_is_named_with_its_line(tmp_path: Path) -> None:

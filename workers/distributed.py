@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db.base import utcnow
 from service.db.models import Case, ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
 from service.db.session import create_engine, create_sessionmaker, is_disconnect
+from service.jobs.webhook import notify_finished
 from service.settings import Settings
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate, Written
@@ -91,7 +92,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["refresher"].cancel()
-    for task in ctx["background"]:
+    for task in list(ctx["background"]):
         task.cancel()
     await ctx["writer"].close()
     async with ctx["sessionmaker"]() as session:
@@ -136,7 +137,8 @@ async def finish_if_done(ctx: dict[str, Any], job_id: uuid.UUID) -> None:
         state, _, _ = await ledger.job_state(session, job_id)
         if state is JobState.running and not await ledger.open_units(session, job_id):
             final = JobState.completed if await ledger.any_succeeded(session, job_id) else JobState.failed
-            await ledger.set_job(session, job_id, state=final, finished_at=utcnow())
+            if await ledger.finish_job(session, job_id, final):
+                await notify_finished(session, ctx["settings"], job_id)
 
 
 async def dispatch(ctx: dict[str, Any], job_id: str) -> int:

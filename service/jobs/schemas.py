@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.datasets.taxonomy import AUTHORITY_GROUPS, AUTHORITY_TYPES
 from service.db.models.enums import Family, JobState
@@ -138,6 +138,11 @@ class JobCreate(BaseModel):
     samples_per_case: int = Field(default=1, ge=1)
     budget_usd: float | None = Field(default=None, gt=0)
     use_cache: bool = Field(default=True, description="reuse identical earlier calls instead of paying again")
+    webhook_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="POSTed once when the job completes or fails, signed with the service's DEFEATER_WEBHOOK_SECRET "
+        "(X-Defeater-Signature: sha256=HMAC of '<X-Defeater-Timestamp>.<body>')",
+    )
     gate: GateSpec | None = None
 
 
@@ -181,6 +186,7 @@ class JobRead(JobSummary):
     filters: dict[str, Any]
     budget_usd: float | None
     use_cache: bool
+    webhook_url: str | None = None
     gate: dict[str, Any] | None
     progress: Progress
     calls_per_second: float

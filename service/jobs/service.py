@@ -58,6 +58,11 @@ async def create_job(
         earlier = await repository.get_by_idempotency_key(session, idempotency_key)
         if earlier is not None:
             return _replay(earlier, body_hash)
+    if body.webhook_url is not None and settings.webhook_secret is None:
+        raise ValidationFailed(
+            "this service cannot sign webhooks: DEFEATER_WEBHOOK_SECRET is not set",
+            [FieldError("webhook_url", "needs the service's DEFEATER_WEBHOOK_SECRET to sign with")],
+        )
     plan = await _plan(session, body, settings)
     job = Job(
         id=uuid.uuid4(),
@@ -67,6 +72,7 @@ async def create_job(
         samples_per_case=body.samples_per_case,
         budget_usd=body.budget_usd,
         use_cache=body.use_cache,
+        webhook_url=str(body.webhook_url) if body.webhook_url else None,
         gate=body.gate.model_dump(mode="json", exclude_none=True) if body.gate else None,
         case_count=len(plan.cases),
         request_count=len(plan.cases) * len(plan.targets) * body.samples_per_case,
@@ -242,6 +248,7 @@ async def read_job(session: AsyncSession, job: Job) -> JobRead:
         filters=job.filters,
         budget_usd=job.budget_usd,
         use_cache=job.use_cache,
+        webhook_url=job.webhook_url,
         gate=job.gate,
         progress=Progress(requests=requests, judgements=judgements),
         calls_per_second=round(rate, 3),

@@ -188,3 +188,15 @@ async def test_the_full_study_times_18_configs_makes_23220_requests(
     assert job["request_count"] == 23_220 == job["progress"]["requests"]["pending"]
     query = select(func.count(func.distinct(Request.id))).where(Request.job_id == uuid.UUID(job["id"]))
     assert (await session.execute(query)).scalar_one() == 23_220
+
+
+async def test_a_webhook_needs_a_secret_to_sign_with(
+    client: httpx.AsyncClient, starter: dict[str, Any], make_config: Any, problem: Any
+) -> None:
+    config = await make_config()
+    body = {"dataset_id": starter["id"], "model_config_ids": [config["id"]], "webhook_url": "https://ci.example/hook"}
+    refused = problem(await _create(client, body), 422)
+    assert [e["field"] for e in refused["errors"]] == ["webhook_url"]
+    bad = problem(await _create(client, body | {"webhook_url": "ftp://x"}), 422)
+    assert bad["errors"][0]["field"] == "webhook_url"
+    assert (await client.get("/v1/jobs")).json()["items"] == []

@@ -22,7 +22,7 @@ def _diff(connection: Connection) -> list[Any]:
 async def test_the_migrated_schema_matches_the_models(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
-    assert await current_revision(engine) == "0004"
+    assert await current_revision(engine) == "0005"
 
 
 def _names(connection: Connection) -> dict[str, Any]:
@@ -49,5 +49,5 @@ async def test_downgrade_to_base_and_up_again(tmp_path: Any) -> None:
     async with engine.connect() as conn:
         assert (await conn.run_sync(lambda c: set(inspect(c).get_table_names()))) <= {"alembic_version"}
     await upgrade(engine)
-    assert await current_revision(engine) == "0004"
+    assert await current_revision(engine) == "0005"
     await engine.dispose()

@@ -83,3 +83,28 @@ def kill(process: subprocess.Popen[str]) -> None:
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
+
+
+def wait_ready(base: str, seconds: float = 30) -> None:
+    """Wait until the API at ``base`` answers ``/readyz`` with 200 (its database, and Redis if set, reachable)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the API did not become ready"
+        time.sleep(0.1)
+
+
+def stop(processes: list[subprocess.Popen[Any]], grace_s: float = 30) -> None:
+    """SIGTERM every process, give each ``grace_s`` to finish cleanly, then SIGKILL what is left."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from typing import Any
 
 import httpx
 
 from tests.api.test_job_events import parse_events
-from tests.workers.processes import BIN, free_port
+from tests.workers.processes import BIN, free_port, wait_ready
 
 
 def test_a_job_posted_to_the_embedded_api_runs_to_completion(fake_process: Any, run_env: dict[str, str]) -> None:
@@ -22,15 +21,7 @@ def test_a_job_posted_to_the_embedded_api_runs_to_completion(fake_process: Any, 
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.1)
+        wait_ready(base)
         with httpx.Client(base_url=base, timeout=10) as client:
             configs = []
             for name, provider, model, path in [

@@ -16,7 +16,7 @@ from redis import Redis
 
 from tests.api.test_metrics import samples
 from tests.conftest import _create_postgres_database, _drop_postgres_database
-from tests.workers.processes import BIN, free_port, ledger
+from tests.workers.processes import BIN, free_port, ledger, stop, wait_ready
 
 REDIS_URL = "redis://127.0.0.1:6379/3"
 
@@ -35,25 +35,11 @@ def deployment(fake_process: Any, run_env: dict[str, str]) -> Iterator[dict[str,
     workers = [subprocess.Popen([str(BIN / "defeater"), "worker"], env=env, **quiet) for _ in range(2)]  # type: ignore[call-overload]
     fake = fake_process({"latency": {"distribution": "uniform", "mean_s": 0.05, "spread": 0.5}})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).json()["checks"] == {"database": "ok", "redis": "ok"}:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the API did not become ready"
-        time.sleep(0.2)
+    wait_ready(base)
     try:
         yield {"base": base, "fake": fake, "workers": workers, "env": env}
     finally:
-        for process in [api, *workers]:
-            process.terminate()
-        for process in [api, *workers]:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop([api, *workers])
         asyncio.run(_drop_postgres_database(name))
         Redis.from_url(REDIS_URL).flushdb()
 

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from service.db.session import create_engine
 from service.settings import Settings
 from tests.conftest import _create_postgres_database, _drop_postgres_database
-from tests.workers.processes import BIN, free_port, ledger
+from tests.workers.processes import BIN, free_port, ledger, stop, wait_ready
 from tests.workers.test_replay import PATHS, WIRES, check_results_against_the_study_files, recorded
 
 REDIS_URL = "redis://127.0.0.1:6379/3"
@@ -59,25 +59,11 @@ def cluster(fake_process: Any, run_env: dict[str, str], study_dir: Path) -> Iter
     processes += [worker(env) for _ in range(3)]
     fake = fake_process({"mode": "replay", "replay_dir": str(study_dir)})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).json()["checks"] == {"database": "ok", "redis": "ok"}:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the API did not become ready"
-        time.sleep(0.2)
+    wait_ready(base)
     try:
         yield {"base": base, "fake": fake, "processes": processes, "env": env, "url": url}
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
         asyncio.run(_drop_postgres_database(name))
         Redis.from_url(REDIS_URL).flushall()
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
 from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, Response, UnitState
+from service.jobs.webhook import notify_finished
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
@@ -265,6 +266,7 @@ class EmbeddedExecutor:
         async with self.sessionmaker() as session:
             if ending == "completed":
                 state = JobState.completed if await ledger.any_succeeded(session, job_id) else JobState.failed
-                await ledger.set_job(session, job_id, state=state, finished_at=utcnow())
+                if await ledger.finish_job(session, job_id, state):
+                    await notify_finished(session, self.runtime.settings, job_id)
                 return state.value
         return ending or "stopped"

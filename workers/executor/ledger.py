@@ -289,6 +289,19 @@ async def set_job(session: AsyncSession, job_id: uuid.UUID, **values: Any) -> No
     await session.commit()
 
 
+async def finish_job(session: AsyncSession, job_id: uuid.UUID, state: JobState) -> bool:
+    """Mark a running job ended; True for the one caller that did it (several workers may try at once). Commits."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.running)
+        .values(state=state, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    won = int(getattr(await session.execute(stmt), "rowcount", 0) or 0) == 1
+    await session.commit()
+    return won
+
+
 async def job_state(session: AsyncSession, job_id: uuid.UUID) -> tuple[JobState, float | None, str | None]:
     row = (await session.execute(select(Job.state, Job.budget_usd, Job.paused_reason).where(Job.id == job_id))).one()
     return JobState(row[0]), row[1], row[2]

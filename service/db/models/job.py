@@ -37,6 +37,8 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     paused_reason: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # where to POST the signed completion notice (service/jobs/webhook.py), if anywhere
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
 
 
 class JobModelConfig(Base):

@@ -1,0 +1,72 @@
+"""The completion webhook: one signed POST when a job ends, which a receiver can verify."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.settings import Settings
+from tests.workers.test_executor import run
+from workers.providers.fake import FakeProvider
+
+SECRET = "whsec-test"
+
+
+class Receiver:
+    """A tiny HTTP server that records every request it gets and answers 204."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.url = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append((headers, body))
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    server = await asyncio.start_server(found.handle, "127.0.0.1", 0)
+    found.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hooks/defeater"
+    yield found
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_finished_job_posts_one_signed_notice(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any,
+    receiver: Receiver,
+) -> None:  # fmt: skip
+    settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET)})
+    make_job.settings = settings
+    job_id = await make_job(fake, [("openai", "fake-gpt")], limit=3, webhook_url=receiver.url)
+    outcome = await run(ledger, settings, job_id)
+    assert outcome.state == "completed"
+    assert len(receiver.requests) == 1
+    headers, body = receiver.requests[0]
+    expected = hmac.new(SECRET.encode(), headers["x-defeater-timestamp"].encode() + b"." + body, hashlib.sha256)
+    assert hmac.compare_digest(headers["x-defeater-signature"], f"sha256={expected.hexdigest()}")
+    assert headers["x-defeater-event"] == "job.finished" and headers["x-defeater-delivery"] == f"job-{job_id}"
+    notice = json.loads(body)
+    assert notice["event"] == "job.finished"
+    assert notice["job"]["id"] == str(job_id) and notice["job"]["state"] == "completed"
+    assert notice["job"]["progress"]["requests"]["succeeded"] == 3
+    assert SECRET not in body.decode() and SECRET not in json.dumps(headers)
+    # a run that finds the job already finished sends nothing more
+    await run(ledger, settings, job_id)
+    assert len(receiver.requests) == 1
