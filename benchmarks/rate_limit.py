@@ -16,8 +16,9 @@ import os
 import resource
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+from harness import study_cases  # benchmarks/ is on the path when a script here runs
 
 from service.datasets.parsing import read_records, validate_records
 from service.datasets.service import import_cases
@@ -31,21 +32,6 @@ from service.settings import ImportLimits, ProviderSettings, Settings
 from workers.executor.embedded import EmbeddedExecutor
 from workers.providers.fake import FakeConfig, FakeProvider
 from workers.tasks import Runtime
-
-ROOT = Path(__file__).resolve().parent.parent
-STUDY = ROOT.parent / "shared" / "data" / "blind-refusal" / "cases.jsonl"
-
-
-def _cases(n: int) -> bytes:
-    """n distinct cases: the study's, repeated with new ids when more are asked for."""
-    base = [json.loads(line) for line in STUDY.read_text().splitlines()]
-    out = []
-    for i in range(n):
-        case = dict(base[i % len(base)])
-        case["id"] = f"{case['id']}#{i}"
-        case["user_query"] = f"{case['user_query']} ({i})"
-        out.append(json.dumps(case))
-    return "\n".join(out).encode()
 
 
 def _cpu_s() -> float:
@@ -72,7 +58,7 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
         async with FakeProvider(fake_config) as fake, sessionmaker() as session:
             limits = ImportLimits(max_cases=1_000_000)
             dataset = await import_cases(
-                session, validate_records(read_records(_cases(calls), "jsonl", limits), limits), name="bench"
+                session, validate_records(read_records(study_cases(calls), "jsonl", limits), limits), name="bench"
             )
             ids = []
             for i in range(models):
