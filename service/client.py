@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -65,7 +65,7 @@ class ServiceClient:
                     if stream.status_code >= 400:
                         stream.read()
                         raise _refused("GET", f"/v1/jobs/{job_id}/events", stream)
-                    for event in _parse_events(stream.iter_lines()):
+                    for event in parse_events(stream.iter_lines()):
                         yield event
                         if event[0] == "end":
                             return
@@ -84,7 +84,8 @@ def _refused(method: str, path: str, response: httpx.Response) -> ServiceError:
     return ServiceError(f"{method} {path}: {response.status_code} {detail}", errors)
 
 
-def _parse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+def parse_events(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a text/event-stream body; comments (keep-alive pings) are skipped."""
     name, data = "message", ""
     for line in lines:
         if not line:

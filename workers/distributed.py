@@ -7,8 +7,10 @@ enqueue repeated by the reconciler is harmless, and every task checks the ledger
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -223,10 +225,8 @@ async def refresh_targets(ctx: dict[str, Any]) -> None:
     """Read the configs in use again and apply their limits, also to calls already waiting for a slot."""
     if not ctx["targets"]:
         return
-    ids = {config_id for config_id, _ in ctx["targets"]}
-    query = select(ModelConfig).where(ModelConfig.id.in_(ids)).execution_options(populate_existing=True)
     async with ctx["sessionmaker"]() as session:
-        configs = {c.id: c for c in (await session.execute(query)).scalars()}
+        configs = await ledger.current_configs(session, {config_id for config_id, _ in ctx["targets"]})
     default = ctx["settings"].providers.default_max_concurrency
     for config_id, pool in list(ctx["targets"]):
         if config_id in configs:
@@ -259,17 +259,33 @@ def _defer_if_backlogged(ctx: dict[str, Any], target: Target, pool: str) -> None
         raise Retry(defer=min(backlog * ctx["runtime"].rng.uniform(1.0, 1.5), longest))
 
 
-async def _database_retry(ctx: dict[str, Any], model: ledger.Unit, unit_id: uuid.UUID, exc: Exception) -> Retry:
+@contextlib.contextmanager
+def _retry_if_database_away(ctx: dict[str, Any], model: ledger.Unit, unit_id: uuid.UUID) -> Iterator[None]:
     """A task that could not reach the database runs again shortly; a lease it may have taken is let go."""
-    ctx["writer"].let_go(model, [unit_id])
-    log.warning("task for %s %s waits for the database: %s", model.__tablename__, unit_id, type(exc).__name__)
-    return Retry(defer=DATABASE_RETRY_S)
+    try:
+        yield
+    except Exception as exc:
+        if not is_disconnect(exc):
+            raise
+        ctx["writer"].let_go(model, [unit_id])
+        log.warning("task for %s %s waits for the database: %s", model.__tablename__, unit_id, type(exc).__name__)
+        raise Retry(defer=DATABASE_RETRY_S) from exc
+
+
+@contextlib.contextmanager
+def _let_go_if_cancelled(ctx: dict[str, Any], model: ledger.Unit, unit_id: uuid.UUID) -> Iterator[None]:
+    """A call cut off by the worker stopping: its lease is let go, to expire and be reclaimed."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        ctx["writer"].let_go(model, [unit_id])
+        raise
 
 
 async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
     """One target call, if the request is still pending and due and its job still running."""
     unit_id = uuid.UUID(request_id)
-    try:
+    with _retry_if_database_away(ctx, Request, unit_id):
         async with ctx["sessionmaker"]() as session:
             found = await _unit(session, Request, unit_id)
             if isinstance(found, str):
@@ -282,28 +298,21 @@ async def run_request_task(ctx: dict[str, Any], request_id: str) -> str:
             key = target.cache_key(prompt, sample)
             earlier = await ledger.cached_answers(session, [key]) if use_cache else {}
             unit = await _claim(ctx, session, Request, unit_id)
-    except Exception as exc:
-        if is_disconnect(exc):
-            raise await _database_retry(ctx, Request, unit_id, exc) from exc
-        raise
     if unit is None:
         return "not due"
     if earlier:
         row = reused_row(job_id, target, unit, next(iter(earlier.values())))
         ctx["writer"].add(UnitUpdate(unit.id, UnitState.succeeded), row, judges)
         return "reused"
-    try:
+    with _let_go_if_cancelled(ctx, Request, unit.id):
         await run_request(ctx["runtime"], ctx["writer"], ctx["stats"], job_id, target, unit, prompt, judges)
-    except asyncio.CancelledError:  # the worker is stopping: the lease is let go, to expire and be reclaimed
-        ctx["writer"].let_go(Request, [unit.id])
-        raise
     return "called"
 
 
 async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
     """One judge call, if the judgement is still pending and due and its job still running."""
     unit_id = uuid.UUID(judgement_id)
-    try:
+    with _retry_if_database_away(ctx, Judgement, unit_id):
         async with ctx["sessionmaker"]() as session:
             found = await _unit(session, Judgement, unit_id)
             if isinstance(found, str):
@@ -313,17 +322,10 @@ async def run_judgement_task(ctx: dict[str, Any], judgement_id: str) -> str:
             _defer_if_backlogged(ctx, judge, "judge")
             context = (await ledger.judge_contexts(session, [request_id]))[request_id]
             unit = await _claim(ctx, session, Judgement, unit_id)
-    except Exception as exc:
-        if is_disconnect(exc):
-            raise await _database_retry(ctx, Judgement, unit_id, exc) from exc
-        raise
     if unit is None:
         return "not due"
-    try:
+    with _let_go_if_cancelled(ctx, Judgement, unit.id):
         await run_judgement(ctx["runtime"], ctx["writer"], ctx["stats"], judge, unit, context)
-    except asyncio.CancelledError:
-        ctx["writer"].let_go(Judgement, [unit.id])
-        raise
     return "called"
 
 

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from typing import Any
 
 import httpx
 
-
-def parse_events(lines: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(event, data) pairs from a text/event-stream body; comments (pings) are skipped."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    name, data = "message", ""
-    for line in lines:
-        if not line:
-            if data:
-                events.append((name, json.loads(data)))
-            name, data = "message", ""
-        elif line.startswith("event:"):
-            name = line.partition(":")[2].strip()
-        elif line.startswith("data:"):
-            data += line.partition(":")[2].strip()
-    return events
+from service.client import parse_events
 
 
 async def test_a_finished_job_streams_its_status_then_the_end(
@@ -34,7 +18,7 @@ async def test_a_finished_job_streams_its_status_then_the_end(
     await client.post(f"/v1/jobs/{job['id']}/cancel")
     response = await client.get(f"/v1/jobs/{job['id']}/events", params={"interval": 0.2})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    events = parse_events(response.text.splitlines())
+    events = list(parse_events(response.text.splitlines()))
     assert [name for name, _ in events] == ["progress", "end"]
     status, configs = events[0][1]["status"], events[0][1]["configs"]
     assert status["id"] == job["id"] and status["progress"]["requests"]["pending"] == 4

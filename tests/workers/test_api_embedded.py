@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.api.test_job_events import parse_events
+from service.client import parse_events
 from tests.workers.processes import BIN, free_port, wait_ready
 
 
@@ -40,7 +40,7 @@ def test_a_job_posted_to_the_embedded_api_runs_to_completion(fake_process: Any, 
             assert job["state"] in ("queued", "running")
             # follow it live, as `defeater wait` does: progress events while it runs, then the end
             with client.stream("GET", f"/v1/jobs/{job['id']}/events", params={"interval": 0.2}, timeout=60) as live:
-                events = parse_events(live.iter_lines())
+                events = list(parse_events(live.iter_lines()))
             assert events[-1] == ("end", {"id": job["id"], "state": "completed"})
             done = [data["status"]["progress"]["requests"]["succeeded"] for name, data in events if name == "progress"]
             assert len(done) >= 2 and done == sorted(done) and done[-1] == 25

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
-from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, Response, UnitState
+from service.db.models import ConfigRole, Job, JobState, Judgement, Request, Response, UnitState
 from service.jobs.webhook import notify_finished
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
@@ -180,9 +180,7 @@ class EmbeddedExecutor:
         async with self.sessionmaker() as session:
             state, _, _ = await ledger.job_state(session, run.job_id)
             if refresh:
-                ids = [lane.target.id for lane in run.lanes]
-                query = select(ModelConfig).where(ModelConfig.id.in_(ids)).execution_options(populate_existing=True)
-                configs = {c.id: c for c in (await session.execute(query)).scalars()}
+                configs = await ledger.current_configs(session, (lane.target.id for lane in run.lanes))
         if refresh:
             run.refreshed_at = time.monotonic()
             default = self.runtime.settings.providers.default_max_concurrency

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -195,6 +196,12 @@ async def job_configs(session: AsyncSession, job_id: uuid.UUID, role: ConfigRole
         .order_by(JobModelConfig.position)
     )
     return list((await session.execute(query)).scalars())
+
+
+async def current_configs(session: AsyncSession, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, ModelConfig]:
+    """The configs as they are now (limits change while jobs run), bypassing the session's identity map."""
+    query = select(ModelConfig).where(ModelConfig.id.in_(list(ids))).execution_options(populate_existing=True)
+    return {config.id: config for config in (await session.execute(query)).scalars()}
 
 
 def judgement_id(request_id: uuid.UUID, judge_id: uuid.UUID) -> uuid.UUID:
