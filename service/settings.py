@@ -81,11 +81,11 @@ class ExecutorSettings(BaseModel):
     max_attempts: int = Field(default=6, ge=1)
     max_rate_limited: int = Field(default=50, ge=1)
     quarantine_after: int = Field(default=3, ge=2)
-    # tasks one `defeater worker` process runs at once (each is one I/O-bound provider call)
-    worker_max_jobs: int = Field(default=500, ge=1)
-    # a worker task whose key already has this many seconds of calls waiting in its process goes back to the
-    # queue (deferred) instead of waiting in a task slot: slots stay free for other keys, and the queue cheap
-    max_local_backlog_s: float = Field(default=2.0, gt=0)
+    # running jobs one process works on at once (the API's embedded runner, or each `defeater worker`)
+    max_jobs_per_process: int = Field(default=8, ge=1)
+    # a stopping worker lets calls in flight finish for this long (calls still waiting for a rate slot are dropped
+    # at once), then cuts them short; their units go back to pending. k8s/ gives the pod 60 s more than this
+    shutdown_grace_s: float = Field(default=300.0, ge=0)
     # a judge answer that does not validate is asked again this many times in all, then stored as unscorable
     judge_parse_attempts: int = Field(default=3, ge=1)
     backoff_base_s: float = Field(default=1.0, gt=0)

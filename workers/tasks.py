@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import uuid
@@ -99,6 +100,8 @@ class Runtime:
     limits: LimitsSource
     prices: PriceTable
     rng: random.Random = field(default_factory=random.Random)
+    # the tasks whose call is still waiting for a rate slot: a stopping executor drops them (nothing was sent)
+    waiting: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -159,6 +162,18 @@ def reused_row(job_id: uuid.UUID, target: Target, unit: Claimed, earlier: Respon
     }
 
 
+async def _acquire(runtime: Runtime, key_limits: KeyLimiter, estimate: int) -> None:
+    """Wait for the call's slot, known to the runtime as waiting (cancellable at no cost) meanwhile."""
+    task = asyncio.current_task()
+    if task is not None:
+        runtime.waiting.add(task)
+    try:
+        await key_limits.acquire(estimate)
+    finally:
+        if task is not None:
+            runtime.waiting.discard(task)
+
+
 async def _call(
     runtime: Runtime, stats: Stats, target: Target, spec: CallSpec, pool: str = "target"
 ) -> CallResult | ProviderError:
@@ -168,7 +183,7 @@ async def _call(
     stats.in_flight += 1
     try:
         adapter = runtime.adapters.get(target.endpoint)
-        await key_limits.acquire(estimate)
+        await _acquire(runtime, key_limits, estimate)
         stats.calls += 1
         result = await adapter.call(spec)
     except ProviderError as exc:

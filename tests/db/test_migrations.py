@@ -22,7 +22,7 @@ def _diff(connection: Connection) -> list[Any]:
 async def test_the_migrated_schema_matches_the_models(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
-    assert await current_revision(engine) == "0005"
+    assert await current_revision(engine) == "0006"
 
 
 def _names(connection: Connection) -> dict[str, Any]:
@@ -36,7 +36,7 @@ async def test_the_claim_and_aggregate_indexes_exist(engine: AsyncEngine) -> Non
         found = await conn.run_sync(_names)
     assert {"datasets", "cases", "model_configs", "jobs", "job_model_configs", "requests", "responses",
             "judgements"} <= found["tables"]  # fmt: skip
-    assert {"ix_requests_job_state", "ix_requests_job_config", "ix_requests_state_lease"} <= found["requests_ix"]
+    assert {"ix_requests_job_state", "ix_requests_job_config_state", "ix_requests_state_lease"} <= found["requests_ix"]
 
 
 async def test_downgrade_to_base_and_up_again(tmp_path: Any) -> None:
@@ -49,5 +49,5 @@ async def test_downgrade_to_base_and_up_again(tmp_path: Any) -> None:
     async with engine.connect() as conn:
         assert (await conn.run_sync(lambda c: set(inspect(c).get_table_names()))) <= {"alembic_version"}
     await upgrade(engine)
-    assert await current_revision(engine) == "0005"
+    assert await current_revision(engine) == "0006"
     await engine.dispose()

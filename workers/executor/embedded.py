@@ -1,11 +1,18 @@
-"""The in-process executor: leases a job's requests, runs them under per-config concurrency and per-key
-limits, writes outcomes in batches, and finishes the job when every unit is final."""
+"""The executor: leases a job's units in batches, runs them under per-config concurrency and per-key limits,
+writes outcomes in batches, and finishes the job when every unit is final.
+
+It runs embedded (``defeater run``, ``defeater demo``, the API without Redis; local limits) and in every
+``defeater worker`` (fleet-wide limits in Redis), where several processes work on one job: each leases its own
+units with ``FOR UPDATE SKIP LOCKED``, so no unit is run twice, and the job ends on whichever sees it done first.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -17,14 +24,25 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
 from service.db.models import ConfigRole, Job, JobState, Judgement, Request, Response, UnitState
+from service.db.session import is_disconnect
 from service.jobs.webhook import notify_finished
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
 
+# while calls are in flight or queued, the loop looks again at least this often (and at once when a call ends)
 TICK_S = 0.05
+# with nothing in hand: how often the job's state is checked and whether it is done
 IDLE_TICK_S = 0.5
-EMPTY_CLAIM_PAUSE_S = 0.2
+# after a claim that found nothing, a lane waits this long before asking the database again, doubling to the cap
+QUIET_FIRST_S = 0.2
+QUIET_CAP_S = 1.0
+# with nothing in hand and units still open (leased by others), dead holders' leases are looked for this often
+RECLAIM_EVERY_S = 5.0
+# the database went away (a restart, a failover): calls in flight go on, and the loop tries again after this long
+DATABASE_RETRY_S = 1.0
+
+log = logging.getLogger("defeater.executor")
 
 
 @dataclass(frozen=True)
@@ -38,11 +56,28 @@ class RunOutcome:
 
 @dataclass
 class _Run:
+    """One job being worked on by this executor."""
+
     job_id: uuid.UUID
     lanes: list[_Lane]
     budget: float | None
+    # the job's spend in the ledger when last read, and this run's own spend at that moment
     spent: float
+    use_cache: bool
+    stats: Stats = field(default_factory=Stats)
+    spent_seen_at: float = 0.0
+    checked_at: float = field(default_factory=time.monotonic)
     refreshed_at: float = field(default_factory=time.monotonic)
+    reclaimed_at: float = field(default_factory=time.monotonic)
+    prompts: dict[uuid.UUID, str] = field(default_factory=dict)
+    # set when a call ends, so that the loop starts the next one at once
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def over_budget(self) -> bool:
+        """Spent at least the budget: the ledger's figure when last read, plus what this run spent since."""
+        if self.budget is None:
+            return False
+        return self.spent + self.stats.spend_usd - self.spent_seen_at >= self.budget
 
 
 class _Lane:
@@ -57,29 +92,46 @@ class _Lane:
         self.model: ledger.Unit = Judgement if judge else Request
         self.queue: collections.deque[tuple[ledger.Claimed, Any]] = collections.deque()
         self.in_flight = 0
-        # after a claim that found nothing, wait a little before asking the database again
+        # after claims that found nothing, wait a little (longer each time) before asking the database again
         self.quiet_until = 0.0
+        self.quiet_s = 0.0
+
+    @property
+    def pool(self) -> str:
+        return "judge" if self.judge else "target"
+
+    def found_nothing(self) -> None:
+        self.quiet_s = min(self.quiet_s * 2, QUIET_CAP_S) if self.quiet_s else QUIET_FIRST_S
+        self.quiet_until = time.monotonic() + self.quiet_s
+
+    def found_some(self) -> None:
+        self.quiet_s = 0.0
 
 
-def _done(lane: _Lane, tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+def _done(lane: _Lane, tasks: set[asyncio.Task[None]], wake: asyncio.Event, task: asyncio.Task[None]) -> None:
     lane.in_flight -= 1
     tasks.discard(task)
+    wake.set()
 
 
 class EmbeddedExecutor:
-    """Runs jobs inside this process. ``stop()`` makes ``run_job`` return after in-flight calls finish."""
+    """Runs jobs inside this process. ``stop()`` makes ``run_job`` return after in-flight calls finish;
+    ``abort()`` cuts the calls in flight short (their units go back to pending when the run ends)."""
 
     def __init__(self, runtime: Runtime, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.runtime = runtime
         self.sessionmaker = sessionmaker
         self.holder = ledger.holder_id()
-        self.stats = Stats()
         self._stopping = False
-        self._prompts: dict[uuid.UUID, str] = {}
-        self._use_cache = True
+        self._calls: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         self._stopping = True
+
+    def abort(self) -> None:
+        self._stopping = True
+        for task in list(self._calls):
+            task.cancel()
 
     async def run_job(self, job_id: uuid.UUID, on_tick: Callable[[Stats], None] | None = None) -> RunOutcome:
         """Work on the job until every unit is final, it is cancelled or paused, or ``stop()`` is called."""
@@ -93,17 +145,16 @@ class EmbeddedExecutor:
             lease_s=settings.lease_s,
         )  # fmt: skip
         writer.start()
-        tasks: set[asyncio.Task[None]] = set()
         ending: str | None = None
         try:
-            ending = await self._loop(run, writer, tasks, on_tick)
+            ending = await self._loop(run, writer, on_tick)
         finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            if self._calls:
+                await asyncio.gather(*self._calls, return_exceptions=True)
             await writer.close()
             async with self.sessionmaker() as session:
                 await ledger.release_leases(session, self.holder)
-        return RunOutcome(job_id, await self._finish(job_id, ending), self.stats)
+        return RunOutcome(job_id, await self._finish(run, ending), run.stats)
 
     async def _prepare(self, job_id: uuid.UUID) -> _Run | RunOutcome:
         """Reclaim dead leases, load the job's configs, and mark it running (unless it has ended)."""
@@ -113,9 +164,9 @@ class EmbeddedExecutor:
             judges = await ledger.job_configs(session, job_id, ConfigRole.judge)
             await self._judge_missing(session, job_id, [j.id for j in judges])
             state, budget, _ = await ledger.job_state(session, job_id)
-            self._use_cache = await ledger.job_uses_cache(session, job_id)
+            use_cache = await ledger.job_uses_cache(session, job_id)
             if state.final:
-                return RunOutcome(job_id, state.value, self.stats)
+                return RunOutcome(job_id, state.value, Stats())
             # started_at keeps the first start: a resumed job's throughput and ETA count from there
             await ledger.set_job(
                 session,
@@ -127,7 +178,7 @@ class EmbeddedExecutor:
             spent = await ledger.spend(session, job_id)
         default = self.runtime.settings.providers.default_max_concurrency
         lanes = [_Lane(Target.of(c, default)) for c in configs] + [_Lane(Target.of(j, default), True) for j in judges]
-        return _Run(job_id, lanes, budget, spent)
+        return _Run(job_id, lanes, budget, spent, use_cache)
 
     async def _judge_missing(self, session: AsyncSession, job_id: uuid.UUID, judges: list[uuid.UUID]) -> None:
         """Give every stored answer its judgements (answers stored by an earlier run or an older version)."""
@@ -137,57 +188,72 @@ class EmbeddedExecutor:
                 writer.add_pending_judgements(job_id, request_id, [judge])
         await writer.flush()
 
-    async def _loop(
-        self,
-        run: _Run,
-        writer: ResultWriter,
-        tasks: set[asyncio.Task[None]],
-        on_tick: Callable[[Stats], None] | None,
-    ) -> str | None:
+    async def _loop(self, run: _Run, writer: ResultWriter, on_tick: Callable[[Stats], None] | None) -> str | None:
         """Claim, start and await units until the job is done; returns why the loop ended (None: stopped)."""
-        ending: str | None = None
-        last_check = 0.0
         while True:
-            if ending is None and run.budget is not None and run.spent + self.stats.spend_usd >= run.budget:
-                ending = await self._pause(run.job_id)
-            if ending is None and time.monotonic() - last_check > IDLE_TICK_S:
-                last_check = time.monotonic()
-                ending = await self._check(run)
-            if ending is not None or self._stopping:
-                for lane in run.lanes:
-                    lane.queue.clear()  # leased but not started: released at the end of the run
-            else:
-                await self._refill(run.job_id, run.lanes, writer)
-                self._start(run.job_id, run.lanes, writer, tasks)
+            try:
+                ending = await self._tick(run, writer)
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                log.warning("job %s waits for the database (%s)", run.job_id, type(exc).__name__)
+                await asyncio.sleep(DATABASE_RETRY_S)
+                continue
             if on_tick is not None:
-                on_tick(self.stats)
-            if tasks:
-                await asyncio.wait(tasks, timeout=TICK_S, return_when=asyncio.FIRST_COMPLETED)
-            elif any(lane.queue for lane in run.lanes):
-                await asyncio.sleep(TICK_S)
-            elif ending is not None or self._stopping:
-                return ending
-            else:
-                await writer.flush()
-                if await self._finished(run.job_id):
-                    return "completed"
-                await asyncio.sleep(IDLE_TICK_S)  # only backed-off units remain: wait for them to fall due
+                on_tick(run.stats)
+            if ending is not None:
+                return None if ending == "stopped" else ending
+
+    async def _tick(self, run: _Run, writer: ResultWriter) -> str | None:
+        """One round: check the job, lease and start what the lanes can take, then wait for a call to end (or for
+        the next look). Returns why the loop should end, or None to go on."""
+        ending: str | None = None
+        if run.over_budget():
+            ending = await self._pause(run.job_id)
+        elif time.monotonic() - run.checked_at > IDLE_TICK_S:
+            ending = await self._check(run)
+        if ending is not None or self._stopping:
+            for lane in run.lanes:
+                lane.queue.clear()  # leased but not started: released at the end of the run
+            for task in self._calls & self.runtime.waiting:
+                task.cancel()  # still waiting for a rate slot: nothing was sent, released likewise
+        else:
+            await self._refill(run, writer)
+            self._start(run, writer)
+        if self._calls:
+            await _wait(run.wake, TICK_S)
+            return None
+        if any(lane.queue for lane in run.lanes):
+            await asyncio.sleep(TICK_S)
+            return None
+        if ending is not None or self._stopping:
+            return ending or "stopped"
+        await writer.flush()
+        if await self._finished(run):
+            return "completed"
+        await _wait(run.wake, IDLE_TICK_S)  # backed-off units not due yet, or units other processes hold
+        return None
 
     async def _check(self, run: _Run) -> str | None:
-        """Every idle tick: has the job been cancelled? And every ``limits_refresh_s``: read the configs' limits
-        again, so that a limit changed while the job runs takes effect within seconds."""
-        refresh = time.monotonic() - run.refreshed_at > self.runtime.settings.executor.limits_refresh_s
+        """Every idle tick: has the job been cancelled (or ended elsewhere)? And every ``limits_refresh_s``: read
+        the configs' limits and the job's spend again, so that a changed limit takes effect within seconds."""
+        run.checked_at = time.monotonic()
+        refresh = run.checked_at - run.refreshed_at > self.runtime.settings.executor.limits_refresh_s
         async with self.sessionmaker() as session:
             state, _, _ = await ledger.job_state(session, run.job_id)
             if refresh:
                 configs = await ledger.current_configs(session, (lane.target.id for lane in run.lanes))
+                if run.budget is not None:
+                    run.spent, run.spent_seen_at = await ledger.spend(session, run.job_id), run.stats.spend_usd
         if refresh:
             run.refreshed_at = time.monotonic()
             default = self.runtime.settings.providers.default_max_concurrency
             for lane in run.lanes:
                 lane.target = Target.of(configs[lane.target.id], default)
-                self.runtime.key_limits(lane.target, "judge" if lane.judge else "target")  # reaches waiting calls
-        return "cancelled" if state is JobState.cancelled else None
+                self.runtime.key_limits(lane.target, lane.pool)  # reaches waiting calls
+        if state is JobState.cancelled:
+            return "cancelled"
+        return None if state is JobState.running else "stopped"
 
     async def _pause(self, job_id: uuid.UUID) -> str:
         """The budget is spent: stop starting calls (those in flight finish) and say why on the job."""
@@ -195,76 +261,90 @@ class EmbeddedExecutor:
             await ledger.set_job(session, job_id, paused_reason="budget")
         return "paused"
 
-    async def _refill(self, job_id: uuid.UUID, lanes: list[_Lane], writer: ResultWriter) -> None:
+    async def _refill(self, run: _Run, writer: ResultWriter) -> None:
         """Lease more units for lanes whose queue runs low: up to twice the lane's concurrency in hand."""
         settings = self.runtime.settings.executor
-        for lane in lanes:
+        for lane in run.lanes:
             want = 2 * lane.target.concurrency - lane.in_flight - len(lane.queue)
             if want < max(1, lane.target.concurrency // 2) or time.monotonic() < lane.quiet_until:
                 continue
             async with self.sessionmaker() as session:
                 claimed = await ledger.claim(
-                    session, lane.model, job_id, lane.target.id, min(want, settings.claim_batch), self.holder,
+                    session, lane.model, run.job_id, lane.target.id, min(want, settings.claim_batch), self.holder,
                     settings.lease_s,
                 )  # fmt: skip
                 if not claimed:
-                    lane.quiet_until = time.monotonic() + EMPTY_CLAIM_PAUSE_S
+                    lane.found_nothing()
                     continue
+                lane.found_some()
                 writer.hold(lane.model, claimed)
                 if lane.judge:
                     contexts = await ledger.judge_contexts(session, [u.ref_id for u in claimed])
                     lane.queue.extend((u, contexts[u.ref_id]) for u in claimed)
                     continue
-                await self._load_prompts(session, claimed)
-                hits = await self._cache_hits(session, lane.target, claimed)
+                await self._load_prompts(session, run, claimed)
+                hits = await self._cache_hits(session, run, lane.target, claimed)
             for unit in claimed:
                 earlier = hits.get(unit.id)
                 if earlier is not None:
-                    writer.add(UnitUpdate(unit.id, UnitState.succeeded), reused_row(job_id, lane.target, unit, earlier))
-                    self.stats.reused += 1
-                    self.stats.succeeded += 1
+                    row = reused_row(run.job_id, lane.target, unit, earlier)
+                    writer.add(UnitUpdate(unit.id, UnitState.succeeded), row)
+                    run.stats.reused += 1
+                    run.stats.succeeded += 1
                 else:
-                    lane.queue.append((unit, self._prompts[unit.ref_id]))
+                    lane.queue.append((unit, run.prompts[unit.ref_id]))
 
-    async def _load_prompts(self, session: AsyncSession, claimed: list[ledger.Claimed]) -> None:
-        missing = list({u.ref_id for u in claimed} - self._prompts.keys())
+    async def _load_prompts(self, session: AsyncSession, run: _Run, claimed: list[ledger.Claimed]) -> None:
+        missing = list({u.ref_id for u in claimed} - run.prompts.keys())
         if missing:
-            self._prompts.update(await ledger.prompts(session, missing))
+            run.prompts.update(await ledger.prompts(session, missing))
 
     async def _cache_hits(
-        self, session: AsyncSession, target: Target, claimed: list[ledger.Claimed]
+        self, session: AsyncSession, run: _Run, target: Target, claimed: list[ledger.Claimed]
     ) -> dict[uuid.UUID, Response]:
-        if not self._use_cache:
+        if not run.use_cache:
             return {}
-        keys = {u.id: target.cache_key(self._prompts[u.ref_id], u.sample_index) for u in claimed}
+        keys = {u.id: target.cache_key(run.prompts[u.ref_id], u.sample_index) for u in claimed}
         found = await ledger.cached_answers(session, list(set(keys.values())))
         return {unit_id: found[key] for unit_id, key in keys.items() if key in found}
 
-    def _start(
-        self, job_id: uuid.UUID, lanes: list[_Lane], writer: ResultWriter, tasks: set[asyncio.Task[None]]
-    ) -> None:
-        for lane in lanes:
+    def _start(self, run: _Run, writer: ResultWriter) -> None:
+        for lane in run.lanes:
             while lane.queue and lane.in_flight < lane.target.concurrency:
                 unit, payload = lane.queue.popleft()
                 lane.in_flight += 1
                 if lane.judge:
-                    work = run_judgement(self.runtime, writer, self.stats, lane.target, unit, payload)
+                    work = run_judgement(self.runtime, writer, run.stats, lane.target, unit, payload)
                 else:
-                    work = run_request(self.runtime, writer, self.stats, job_id, lane.target, unit, payload)
+                    work = run_request(self.runtime, writer, run.stats, run.job_id, lane.target, unit, payload)
                 task = asyncio.create_task(work)
-                tasks.add(task)
-                task.add_done_callback(functools.partial(_done, lane, tasks))
+                self._calls.add(task)
+                task.add_done_callback(functools.partial(_done, lane, self._calls, run.wake))
 
-    async def _finished(self, job_id: uuid.UUID) -> bool:
+    async def _finished(self, run: _Run) -> bool:
+        """No unit of the job is open. Units still open elsewhere: leases of dead processes are taken back."""
         async with self.sessionmaker() as session:
-            return not await ledger.open_units(session, job_id)
+            if not await ledger.open_units(session, run.job_id):
+                return True
+            if time.monotonic() - run.reclaimed_at > RECLAIM_EVERY_S:
+                run.reclaimed_at = time.monotonic()
+                await ledger.reclaim_leases(session, run.job_id)
+        return False
 
-    async def _finish(self, job_id: uuid.UUID, ending: str | None) -> str:
+    async def _finish(self, run: _Run, ending: str | None) -> str:
         """Record the job's end. Only a job whose every unit is final is completed (or failed, if nothing worked)."""
         async with self.sessionmaker() as session:
             if ending == "completed":
-                state = JobState.completed if await ledger.any_succeeded(session, job_id) else JobState.failed
-                if await ledger.finish_job(session, job_id, state):
-                    await notify_finished(session, self.runtime.settings, job_id)
+                state = JobState.completed if await ledger.any_succeeded(session, run.job_id) else JobState.failed
+                if await ledger.finish_job(session, run.job_id, state):
+                    await notify_finished(session, self.runtime.settings, run.job_id)
                 return state.value
         return ending or "stopped"
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait until ``event`` is set or ``timeout_s`` has passed, then clear it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    event.clear()

@@ -131,8 +131,13 @@ async def claim(
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    rows = (await session.execute(_lease(model, model.id.in_(due.scalar_subquery()), holder, lease_s))).all()
+        # a CTE computed once: as a plain IN (subquery), the planner may run the subquery again for every row it
+        # joins, each time finding LIMIT other unlocked rows, and so lease far more than asked for
+        chosen = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+        which = model.id.in_(select(chosen.c.id))
+    else:
+        which = model.id.in_(due.scalar_subquery())
+    rows = (await session.execute(_lease(model, which, holder, lease_s))).all()
     await session.commit()
     return [Claimed(*row) for row in rows]
 

@@ -39,8 +39,8 @@ class Request(_Unit, Base):
         UniqueConstraint("job_id", "model_config_id", "case_id", "sample_index"),
         # claim pending work by job
         Index("ix_requests_job_state", "job_id", "state", "not_before"),
-        # aggregate by config (x family, through cases)
-        Index("ix_requests_job_config", "job_id", "model_config_id"),
+        # claim a config's pending work (a worker's lane); aggregate by config (x family, through cases)
+        Index("ix_requests_job_config_state", "job_id", "model_config_id", "state", "not_before"),
         # the reconciler's sweep of expired leases
         Index("ix_requests_state_lease", "state", "lease_expires_at"),
     )
@@ -86,7 +86,7 @@ class Judgement(_Unit, Base):
     __table_args__ = (
         UniqueConstraint("request_id", "judge_config_id"),
         Index("ix_judgements_job_state", "job_id", "state", "not_before"),
-        Index("ix_judgements_job_judge", "job_id", "judge_config_id"),
+        Index("ix_judgements_job_judge_state", "job_id", "judge_config_id", "state", "not_before"),
         Index("ix_judgements_state_lease", "state", "lease_expires_at"),
     )
 
