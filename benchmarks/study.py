@@ -138,8 +138,8 @@ def figures(opts: Options, run: scenario.JobRun, sampled: Sampled) -> dict[str, 
         "wall_over_floor": round(times["wall_s"] / floor_s, 3),
         "judge_calls": per_model[JUDGE[1]]["calls"],
         "per_model": per_model,
-        "api_get_job": scenario.latency_figures(sampled.job.samples),
-        "api_get_results": scenario.latency_figures(sampled.results.samples),
+        **{f"get_job_{k}": v for k, v in scenario.latency_figures(sampled.job.samples).items()},
+        **{f"get_results_{k}": v for k, v in scenario.latency_figures(sampled.results.samples).items()},
     }
 
 
@@ -173,8 +173,8 @@ def _print_latency(result: dict[str, Any]) -> None:
     print(
         f"{'API while it ran':<28} {'count':>6} {'failed':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"
     )
-    for label, key in (("GET /v1/jobs/{id}", "api_get_job"), ("GET /v1/jobs/{id}/results", "api_get_results")):
-        f = result[key]
+    for label, prefix in (("GET /v1/jobs/{id}", "get_job_"), ("GET /v1/jobs/{id}/results", "get_results_")):
+        f = {k.removeprefix(prefix): v for k, v in result.items() if k.startswith(prefix)}
         cells = " ".join(f"{'-' if f[k] is None else f[k]:>8}" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms"))
         print(f"{label:<28} {f['count']:>6} {f['failed']:>7} {cells}")
 
@@ -196,15 +196,15 @@ def print_report(result: dict[str, Any], opts: Options) -> None:
 
 def warnings(result: dict[str, Any]) -> list[str]:
     found = scenario.common_warnings(result)
-    for key, label, target in (
-        ("api_get_job", "GET job", JOB_P99_TARGET_MS),
-        ("api_get_results", "GET results", RESULTS_P99_TARGET_MS),
+    for prefix, label, target in (
+        ("get_job_", "GET job", JOB_P99_TARGET_MS),
+        ("get_results_", "GET results", RESULTS_P99_TARGET_MS),
     ):
-        f = result[key]
-        if f["failed"]:
-            found.append(f"{f['failed']} of {f['count']} sampled {label} requests failed")
-        if f["p99_ms"] is not None and f["p99_ms"] > target:
-            found.append(f"{label} p99 {f['p99_ms']} ms, over the target of {target:.0f} ms")
+        failed, count, p99 = (result[prefix + k] for k in ("failed", "count", "p99_ms"))
+        if failed:
+            found.append(f"{failed} of {count} sampled {label} requests failed")
+        if p99 is not None and p99 > target:
+            found.append(f"{label} p99 {p99} ms, over the target of {target:.0f} ms")
     return found
 
 
