@@ -323,7 +323,6 @@ def figures(s: Scenario, m: Measured) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "process_wall_s": round(m.run.process_wall_s, 2),
         **_cpu_figures(m.run, calls, s.samples),
-        "duplicate_successes": m.book["duplicate_successes"],
         "by_status": m.book["by_status"],
         "log_problem_lines": m.log_problems,
     }
@@ -416,6 +415,11 @@ def warnings(result: dict[str, Any]) -> list[str]:
         found.append("an eval did not end in success")
     if result["judge_calls"] < result["samples"]:
         found.append(f"{result['judge_calls']} judge calls for {result['samples']} samples")
+    if result["rpm_limit"] and result["cases_per_model"] <= result["rpm_limit"]:
+        found.append(
+            "cases per model <= the rpm limit: the fake's sliding 60 s window lets them all through at once, so the "
+            "limit need not bind for a client that does not pace (give --cases above --rpm)"
+        )
     if result["achieved_over_limit"] is not None and result["achieved_over_limit"] < RATE_WARNING:
         found.append(f"a model reached only {result['achieved_over_limit']:.1%} of its limit")
     if any(result["log_problem_lines"].values()):
