@@ -306,7 +306,7 @@ def figures(s: Scenario, m: Measured) -> dict[str, Any]:
         "cases_per_model": s.cases,
         "models": len(TARGETS),
         "latency": s.latency,
-        "max_connections": s.connections if s.connections is not None else "adaptive (inspect's default)",
+        "max_connections": s.connections,  # None: inspect's adaptive connections
         "exit_code": m.run.exit_code,
         "evals": m.headers,
         "per_model": per_model,
@@ -382,7 +382,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"inspect_ai {result['inspect_version']}, {result['benchmark']}: {result['cases_per_model']} cases x "
         f"{result['models']} models + judge, limit {result['rpm_limit'] or 'none'} rpm, latency "
-        f"{result['latency']['mean_s']} s, max connections {result['max_connections']}"
+        f"{result['latency']['mean_s']} s, max connections {result['max_connections'] or 'adaptive (the default)'}"
     )
     _print_models(result)
     for e in result["evals"]:
