@@ -254,7 +254,7 @@ class Measured:
     log_problems: dict[str, int]
 
 
-def _model_figures(entry: dict[str, Any], s: Scenario, wall_s: float) -> dict[str, Any]:
+def _model_figures(entry: dict[str, Any], rpm: int | None, wall_s: float) -> dict[str, Any]:
     ledger_rpm = entry.get("achieved_rpm") or 0.0
     return {
         "calls": entry.get("calls", 0),
@@ -262,7 +262,7 @@ def _model_figures(entry: dict[str, Any], s: Scenario, wall_s: float) -> dict[st
         "rate_limited": entry.get("rate_limited", 0),
         "429_per_1000_calls": round(1000 * entry.get("rate_limited", 0) / max(entry.get("calls", 0), 1), 2),
         "achieved_rpm": round(ledger_rpm, 1),
-        "achieved_over_limit": round(ledger_rpm / s.rpm, 4) if s.rpm else None,
+        "achieved_over_limit": round(ledger_rpm / rpm, 4) if rpm else None,
         "wall_rpm": round(entry.get("successes", 0) / wall_s * 60, 1),
         "peak_concurrency": entry.get("peak_concurrency", 0),
     }
@@ -296,7 +296,8 @@ def _cpu_figures(run: Run, calls: int, samples: int) -> dict[str, Any]:
 def figures(s: Scenario, m: Measured) -> dict[str, Any]:
     by_model = m.book["by_model"]
     wall = m.run.wall_s
-    per_model = {name: _model_figures(by_model.get(name, {}), s, wall) for name in (*TARGETS, JUDGE_MODEL)}
+    per_model = {name: _model_figures(by_model.get(name, {}), s.rpm, wall) for name in TARGETS}
+    per_model[JUDGE_MODEL] = _model_figures(by_model.get(JUDGE_MODEL, {}), None, wall)  # the judge is unlimited
     calls, rate_limited = m.book["calls"], m.book["by_status"].get("429", 0)
     target_successes = sum(per_model[name]["successes"] for name in TARGETS)
     return {
