@@ -12,9 +12,9 @@ Anthropic wire formats) and a Gemini-format judge, each with `limits: {"max_conc
 job (CASES x 2 target calls + as many judge calls) and waits for it, printing progress to stderr.
 
 --in-flight changes the defaults to one worker, 2,000 cases, a concurrency of 2,500 per config and 10 s of latency,
-and gives the api and worker the settings DEFEATER_EXECUTOR__WORKER_MAX_JOBS=5000 and
-DEFEATER_PROVIDERS__MAX_CONNECTIONS=5000 (the defaults, 500 tasks and 1,000 connections per provider client, would
-cap what is in flight below the target); --set NAME=VALUE adds or overrides such settings in either mode.
+and gives the api and worker the setting DEFEATER_PROVIDERS__MAX_CONNECTIONS=5000 (the default, 1,000 connections
+per provider client, would cap what is in flight below the target); --set NAME=VALUE adds or overrides such settings
+in either mode.
 
 Prints: provider calls per second (over the job's wall time, and steady over the middle half of the run, from the
 fake's call count read every second), peak calls in flight at the fake (per model and overall), CPU ms per call of
@@ -41,7 +41,7 @@ LEDGER_EVERY_S = 1.0
 # the in-flight mode's defaults, and what the brief asks of it
 IN_FLIGHT_DEFAULTS = {"workers": 1, "cases": 2000, "concurrency": 2500, "latency": 10.0}
 CEILING_DEFAULTS = {"workers": 3, "cases": 5000, "concurrency": 1000, "latency": 1.0}
-IN_FLIGHT_SETTINGS = {"DEFEATER_EXECUTOR__WORKER_MAX_JOBS": "5000", "DEFEATER_PROVIDERS__MAX_CONNECTIONS": "5000"}
+IN_FLIGHT_SETTINGS = {"DEFEATER_PROVIDERS__MAX_CONNECTIONS": "5000"}
 IN_FLIGHT_TARGET = 2000
 RSS_TARGET_MB = 400.0
 

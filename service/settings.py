@@ -76,7 +76,8 @@ class ExecutorSettings(BaseModel):
     # model configs (their limits) are read again this often while a job runs: a changed limit takes effect
     limits_refresh_s: float = Field(default=5.0, gt=0)
     claim_batch: int = Field(default=200, ge=1)
-    flush_interval_s: float = Field(default=0.05, gt=0)
+    # outcomes are written at least this often (or every flush_batch): a crash loses at most this window of them
+    flush_interval_s: float = Field(default=0.2, gt=0)
     flush_batch: int = Field(default=500, ge=1)
     max_attempts: int = Field(default=6, ge=1)
     max_rate_limited: int = Field(default=50, ge=1)

@@ -28,10 +28,6 @@ class KeyLimiter(Protocol):
 
     async def pause(self, seconds: float) -> None: ...
 
-    def backlog_s(self) -> float:
-        """Seconds of calls already waiting in this process for this budget, at its full rate."""
-        ...
-
 
 class LimitsSource(Protocol):
     def for_key(self, key: str, rpm: int | None, tpm: int | None, pool: str = "target") -> KeyLimiter: ...
@@ -99,9 +95,6 @@ class KeyLimits:
                     taking.cancel()
             if taking in done:
                 return
-
-    def backlog_s(self) -> float:
-        return 0.0  # the embedded executor leases only what its lanes can start
 
     async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Correct the token estimate by the call's real usage (a shortfall is taken from the next call)."""

@@ -6,7 +6,9 @@ fleet. Slots are reserved at most ``HORIZON_S`` ahead, so a changed limit (passe
 effect within that time, and nothing is booked far into the future under a rate that no longer holds.
 
 In each process one pacer per key reserves slots for the calls waiting there, first come first served, so the
-Redis traffic follows the call rate, not the number of waiting calls.
+Redis traffic follows the call rate, not the number of waiting calls. Under a requests-only limit it books every slot
+that falls within the horizon for the calls waiting, in one round trip. A budget with no limit at all asks Redis
+nothing per call: it only looks for a fleet-wide pause, at most every ``PAUSE_CHECK_S``.
 
 Target and judge traffic have separate budgets (``pool``) on one key; the 429 pause is the key's, for both.
 """
@@ -28,12 +30,16 @@ KEY_PREFIX = "defeater:limit:"
 HORIZON_S = 1.0
 # while Redis cannot be reached, waiting calls keep waiting and the pacer tries again after this long
 REDIS_RETRY_S = 0.5
+# a budget without limits looks for a pause of its key (a 429 another worker met) at most this often
+PAUSE_CHECK_S = 0.5
 
 log = logging.getLogger("defeater.limits")
 
 # KEYS: requests TAT, tokens TAT, paused-until.  ARGV: seconds per request (0: none), seconds per token (0: none),
-# tokens, token burst (seconds), horizon (seconds).  Returns "R<wait>" (a slot is reserved in <wait> seconds),
-# "P<wait>" (the key is paused for <wait> seconds) or "L<wait>" (no slot within the horizon: ask again then).
+# tokens, token burst (seconds), horizon (seconds), calls waiting.  Returns "R<wait>:<n>" (n slots are reserved, the
+# first in <wait> seconds and the others one request interval apart; n > 1 only without a token limit), "P<wait>"
+# (the key is paused for <wait> seconds) or "L<wait>" (no slot within the horizon: ask again when half of it is free,
+# so that a process with many calls waiting books them half a horizon at a time).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -55,17 +61,26 @@ if per_token > 0 and tokens > 0 then
   wait = math.max(wait, token_tat - now)
 end
 if wait > horizon then
-  return 'L' .. tostring(wait - horizon)
+  return 'L' .. tostring(wait - horizon / 2)
+end
+local n = 1
+local calls = tonumber(ARGV[6])
+if per_token == 0 and calls > 1 then
+  if per_request > 0 then
+    n = math.min(calls, math.floor((horizon - wait) / per_request) + 1)
+  else
+    n = calls
+  end
 end
 if per_request > 0 then
-  local tat = request_tat + per_request
+  local tat = request_tat + n * per_request
   redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 60000)
 end
 if per_token > 0 and tokens > 0 then
   local tat = token_tat + tokens * per_token
   redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 60000)
 end
-return 'R' .. tostring(wait)
+return 'R' .. tostring(wait) .. ':' .. tostring(n)
 """
 
 # KEYS: tokens TAT.  ARGV: seconds per token, tokens to add (negative gives back).
@@ -75,6 +90,14 @@ if tat > 0 then
   redis.call('SET', KEYS[1], tostring(tat + tonumber(ARGV[1]) * tonumber(ARGV[2])), 'KEEPTTL')
 end
 return 1
+"""
+
+# KEYS: paused-until.  Returns the seconds the key is still paused for (0: not paused).
+_PAUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+return tostring(math.max(paused - now, 0))
 """
 
 # KEYS: paused-until.  ARGV: seconds.
@@ -105,6 +128,8 @@ class RedisKeyLimits:
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
         self._pause = redis.register_script(_PAUSE)
+        self._paused_for = redis.register_script(_PAUSED_FOR)
+        self._pause_checked_at = -PAUSE_CHECK_S
         self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._pacer: asyncio.Task[None] | None = None
         # a pause this process knows of (its own 429s, or one the pacer met), checked again just before a call
@@ -119,19 +144,32 @@ class RedisKeyLimits:
     def _per_token(self) -> float:
         return 60.0 / (self.tpm * self.safety) if self.tpm else 0.0
 
-    def backlog_s(self) -> float:
-        """Seconds of calls waiting here for a slot, at the budget's full rate (a lower bound on their wait)."""
-        return len(self._waiting) * self._per_request()
-
     async def acquire(self, estimated_tokens: int) -> None:
         """Wait for this call's slot across the fleet (and for any pause of the key to end)."""
-        granted = asyncio.get_running_loop().create_future()
-        self._waiting.append((estimated_tokens, granted))
-        if self._pacer is None or self._pacer.done():
-            self._pacer = asyncio.create_task(self._pace(), name=f"pacer {self.keys[0]}")
-        await granted
+        if not self.rpm and not self.tpm:
+            await self._check_fleet_pause()
+        else:
+            granted = asyncio.get_running_loop().create_future()
+            self._waiting.append((estimated_tokens, granted))
+            if self._pacer is None or self._pacer.done():
+                self._pacer = asyncio.create_task(self._pace(), name=f"pacer {self.keys[0]}")
+            await granted
         while (delay := self._paused_until - time.monotonic()) > 0:
             await asyncio.sleep(delay)
+
+    async def _check_fleet_pause(self) -> None:
+        """No limit to pace by: learn of a pause another worker set, asking Redis at most every PAUSE_CHECK_S."""
+        now = time.monotonic()
+        if now - self._pause_checked_at < PAUSE_CHECK_S:
+            return
+        self._pause_checked_at = now
+        try:
+            seconds = float(await self._paused_for(keys=self.keys[2:3]))
+        except Exception as exc:  # no Redis: this process still pauses on its own 429s
+            log.warning("rate limiter unreachable (%s: %s)", type(exc).__name__, exc)
+            return
+        if seconds > 0:
+            self._paused_until = max(self._paused_until, now + seconds)
 
     async def _pace(self) -> None:
         """Reserve slots for this process's waiting calls, in order, while any wait."""
@@ -141,7 +179,8 @@ class RedisKeyLimits:
             if granted.done():  # its call was cancelled
                 self._waiting.popleft()
                 continue
-            args: list[Any] = [self._per_request(), self._per_token(), tokens, TOKEN_WINDOW_S, HORIZON_S]
+            calls = 1 if self.tpm else sum(1 for _, future in self._waiting if not future.done())
+            args: list[Any] = [self._per_request(), self._per_token(), tokens, TOKEN_WINDOW_S, HORIZON_S, calls]
             try:
                 reply = await self._acquire(keys=self.keys, args=args)
             except Exception as exc:  # no Redis, no fleet-wide limit: calls wait rather than risk a 429 storm
@@ -149,14 +188,26 @@ class RedisKeyLimits:
                 await asyncio.sleep(REDIS_RETRY_S)
                 continue
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
-            kind, seconds = text[0], max(float(text[1:]), 0.0)
+            kind, rest = text[0], text[1:]
             if kind == "R":
+                wait, _, count = rest.partition(":")
+                self._hand_out(loop, max(float(wait), 0.0), int(count or 1), float(args[0]))
+                continue
+            seconds = max(float(rest), 0.0)
+            if kind == "P":
+                self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            await asyncio.sleep(seconds)
+
+    def _hand_out(self, loop: asyncio.AbstractEventLoop, wait: float, count: int, interval: float) -> None:
+        """Hand ``count`` reserved slots to the calls first in line: the first in ``wait`` seconds, the others one
+        request interval apart."""
+        for i in range(count):
+            while self._waiting and self._waiting[0][1].done():
                 self._waiting.popleft()
-                loop.call_later(seconds, _grant, granted)
-            else:
-                if kind == "P":
-                    self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-                await asyncio.sleep(seconds)
+            if not self._waiting:
+                return  # calls cancelled meanwhile: their slots go unused
+            _, granted = self._waiting.popleft()
+            loop.call_later(wait + i * interval, _grant, granted)
 
     async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Correct the reserved tokens by the call's real usage (best effort: Redis may be away)."""

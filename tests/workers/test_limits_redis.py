@@ -9,11 +9,12 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from workers.limits_redis import HORIZON_S, KEY_PREFIX, RedisLimits
+from workers.limits_redis import HORIZON_S, KEY_PREFIX, RedisKeyLimits, RedisLimits
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # one worker process: acquire N slots on a key and print when each was granted
@@ -105,13 +106,41 @@ async def test_tokens_per_minute_are_shared_and_settled(redis: Redis) -> None:
     assert 0.8 <= time.monotonic() - started <= 1.6
 
 
-async def test_the_backlog_counts_the_calls_waiting_in_this_process(redis: Redis) -> None:
-    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", 60, None)  # a call a second
-    assert limits.backlog_s() == 0
-    waiting = [asyncio.create_task(limits.acquire(1)) for _ in range(6)]
-    await asyncio.sleep(0.2)
-    # the first slot is now and the second within the booking horizon: four calls still wait for theirs
-    assert limits.backlog_s() == pytest.approx(4.0)
-    for task in waiting:
-        task.cancel()
-    await asyncio.gather(*waiting, return_exceptions=True)
+def _count_round_trips(limits: RedisKeyLimits) -> list[int]:
+    """Count the limiter's script calls to Redis (this one budget's, whatever else uses the server)."""
+    count = [0]
+    for name in ("_acquire", "_paused_for"):
+        script = getattr(limits, name)
+
+        async def counted(*args: Any, _script: Any = script, **kwargs: Any) -> Any:
+            count[0] += 1
+            return await _script(*args, **kwargs)
+
+        setattr(limits, name, counted)
+    return count
+
+
+async def test_calls_waiting_in_one_process_book_their_slots_together(redis: Redis) -> None:
+    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", 1200, None)  # one call every 50 ms
+    round_trips = _count_round_trips(limits)
+    started = time.monotonic()
+    stamps: list[float] = []
+
+    async def one() -> None:
+        await limits.acquire(1)
+        stamps.append(time.monotonic() - started)
+
+    await asyncio.gather(*(one() for _ in range(40)))
+    # still one call every 50 ms ...
+    stamps.sort()
+    assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 0.04
+    assert 39 * 0.05 * 0.9 <= stamps[-1] <= 39 * 0.05 * 1.5
+    # ... but a round trip to Redis books the slots within the horizon for the calls waiting, not one slot each
+    assert round_trips[0] <= 8
+
+
+async def test_an_unlimited_budget_asks_redis_nothing_per_call(redis: Redis) -> None:
+    limits = RedisLimits(redis).for_key(f"test-{uuid.uuid4().hex}", None, None)
+    round_trips = _count_round_trips(limits)
+    await asyncio.gather(*(limits.acquire(1) for _ in range(200)))
+    assert round_trips[0] == 1  # one look for a fleet-wide pause
