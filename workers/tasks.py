@@ -25,6 +25,10 @@ from workers.providers.registry import Adapters, Endpoint
 from workers.retry import next_step
 
 
+# a judgement's last_error after a judge answer that did not validate (it is asked again)
+INVALID_VERDICT = "invalid verdict"
+
+
 @dataclass(frozen=True)
 class Target:
     """A model config as the executor uses it."""
@@ -231,8 +235,12 @@ async def run_judgement(
 ) -> None:
     """Ask the judge about one answer; store a validated verdict, or retry, or mark it unscorable. Never raises."""
     case = CaseView(context.rule, context.defeat_condition, context.family, context.authority_type, context.request)
+    # a re-ask after an answer that did not validate is a new call: with the same key, a provider that honours
+    # idempotency keys would hand back the same answer
+    reasks = unit.error_repeats if unit.last_error == INVALID_VERDICT else 0
+    key = f"{unit.id}:reask-{reasks}" if reasks else str(unit.id)
     spec = replace(
-        judge.spec(render(case, context.answer, context.reasoning), idempotency_key=str(unit.id)),
+        judge.spec(render(case, context.answer, context.reasoning), idempotency_key=key),
         system=judge.params.get("system_prompt") or JUDGE_SYSTEM,
         response_schema=SCHEMA,
         schema_name=SCHEMA_NAME,
@@ -269,7 +277,14 @@ async def run_judgement(
         writer.add_judgement(update, values)
     else:
         stats.retries += 1
-        retry = UnitUpdate(unit.id, UnitState.pending, rate_limited=unit.rate_limited, attempt=unit.attempts)
+        retry = UnitUpdate(
+            unit.id,
+            UnitState.pending,
+            rate_limited=unit.rate_limited,
+            last_error=INVALID_VERDICT,
+            error_repeats=reasks + 1,
+            attempt=unit.attempts,
+        )
         writer.add_judgement(retry, values)
 
 

@@ -58,7 +58,10 @@ async def test_invalid_judge_answers_end_unscorable_with_the_raw_text(
     async with FakeProvider(FakeConfig(judge_invalid_rate=1.0)) as fake:
         job_id = await make_job(fake, [("anthropic", "fake-answers")], limit=4)
         outcome = await run(ledger, work_settings, job_id)
+        book = await fake.ledger()
     assert outcome.state == "completed" and outcome.stats.unscorable == 4
+    # each re-ask is a new call (a new Idempotency-Key), not the first answer handed back again
+    assert book["idempotent_replays"] == 0 and book["calls"] == 4 + 4 * work_settings.executor.judge_parse_attempts
     async with ledger() as session:
         rows = (await session.execute(select(Judgement).where(Judgement.job_id == job_id))).scalars().all()
     assert len(rows) == 4
