@@ -24,7 +24,6 @@ from workers.providers.prices import PriceTable
 from workers.providers.registry import Adapters, Endpoint
 from workers.retry import next_step
 
-
 # a judgement's last_error after a judge answer that did not validate (it is asked again)
 INVALID_VERDICT = "invalid verdict"
 
