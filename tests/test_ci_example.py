@@ -62,11 +62,11 @@ def service(fake_process: Any, run_env: dict[str, str], tmp_path: Path) -> Itera
     processes = [subprocess.Popen([str(BIN / "defeater"), "api", "--port", str(port)], env=env, **quiet),
                  subprocess.Popen([str(BIN / "defeater"), "worker"], env=env, **quiet)]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    wait_ready(base)
     fake = fake_process({"latency": {"distribution": "fixed", "mean_s": 0.01}})
     # the CI job has the service's address and its token, and nothing of the service's own settings
     client_env = run_env | {"DEFEATER_URL": base, "DEFEATER_API_TOKEN": token}
     try:
+        wait_ready(base)  # inside: a service that never gets ready is stopped too
         yield {"base": base, "fake": fake, "env": client_env, "token": token, "dir": tmp_path}
     finally:
         stop(processes)

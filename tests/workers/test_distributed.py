@@ -35,8 +35,8 @@ def deployment(fake_process: Any, run_env: dict[str, str]) -> Iterator[dict[str,
     workers = [subprocess.Popen([str(BIN / "defeater"), "worker"], env=env, **quiet) for _ in range(2)]  # type: ignore[call-overload]
     fake = fake_process({"latency": {"distribution": "uniform", "mean_s": 0.05, "spread": 0.5}})
     base = f"http://127.0.0.1:{port}"
-    wait_ready(base)
     try:
+        wait_ready(base)  # inside: a service that never gets ready is stopped too
         yield {"base": base, "fake": fake, "workers": workers, "env": env}
     finally:
         stop([api, *workers])

@@ -59,8 +59,8 @@ def cluster(fake_process: Any, run_env: dict[str, str], study_dir: Path) -> Iter
     processes += [worker(env) for _ in range(3)]
     fake = fake_process({"mode": "replay", "replay_dir": str(study_dir)})
     base = f"http://127.0.0.1:{port}"
-    wait_ready(base)
     try:
+        wait_ready(base)  # inside: a service that never gets ready is stopped too
         yield {"base": base, "fake": fake, "processes": processes, "env": env, "url": url}
     finally:
         stop(processes)
