@@ -58,7 +58,10 @@ class ProviderSettings(BaseModel):
     """How the workers call providers."""
 
     timeout_s: float = Field(default=300.0, gt=0)
+    # connections (so calls in flight) per provider endpoint and key, in one process
     max_connections: int = Field(default=1000, ge=1)
+    # ... spread over SDK clients of at most this many connections each: a pool's bookkeeping grows with its size
+    connections_per_client: int = Field(default=64, ge=1)
     default_max_concurrency: int = Field(default=32, ge=1)
     # pace at this share of a configured RPM / TPM limit, to stay clear of the provider's own window edges
     rate_safety: float = Field(default=0.99, gt=0, le=1)

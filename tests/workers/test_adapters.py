@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from service.settings import ProviderSettings
 from workers.providers.base import CallSpec, FinishReason, ProviderError, RetryKind
 from workers.providers.errors import classify
 from workers.providers.fake import FakeConfig, FakeProvider
+from workers.providers.pool import PooledAdapter
 from workers.providers.registry import Adapters, Endpoint
 
 PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "google": ""}
@@ -137,3 +139,46 @@ async def test_errors_survive_pickling() -> None:
         {"retry-after": "3"},
         3.0,
     )
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])
+async def test_calls_in_flight_spread_over_clients_with_small_pools(provider: str) -> None:
+    settings = ProviderSettings(timeout_s=10.0, allowed_hosts=["127.0.0.1"], max_connections=12,
+                                connections_per_client=4)  # fmt: skip
+    pool = Adapters(settings, {"KEY": "k"})
+    config = FakeConfig(latency={"distribution": "fixed", "mean_s": 0.5})
+    try:
+        async with FakeProvider(config) as fake:
+            adapter = pool.get(endpoint(fake, provider))
+            spec = CallSpec(model="fake-pool", prompt="Can I get round the rule?", max_tokens=50)
+            async with asyncio.TaskGroup() as group:
+                calls = [group.create_task(adapter.call(spec)) for _ in range(12)]
+            book = await fake.ledger()
+            clients = len(adapter.clients) if isinstance(adapter, PooledAdapter) else 0
+    finally:
+        await pool.aclose()
+    assert all(c.result().text for c in calls)
+    # all twelve were in flight at once, over three clients of four connections (a client per four calls)
+    assert book["peak_concurrency"] == 12
+    assert clients == 3
+
+
+async def test_a_pool_never_makes_more_clients_than_its_connections_allow() -> None:
+    settings = ProviderSettings(timeout_s=10.0, allowed_hosts=["127.0.0.1"], max_connections=6,
+                                connections_per_client=4)  # fmt: skip
+    pool = Adapters(settings, {"KEY": "k"})
+    config = FakeConfig(latency={"distribution": "fixed", "mean_s": 0.3})
+    try:
+        async with FakeProvider(config) as fake:
+            adapter = pool.get(endpoint(fake, "openai"))
+            spec = CallSpec(model="fake-pool", prompt="Can I get round the rule?", max_tokens=50)
+            async with asyncio.TaskGroup() as group:
+                for _ in range(10):
+                    group.create_task(adapter.call(spec))
+            book = await fake.ledger()
+            clients = len(adapter.clients) if isinstance(adapter, PooledAdapter) else 0
+    finally:
+        await pool.aclose()
+    # two clients of three connections: never more than six calls in flight; the others waited for a connection
+    assert clients == 2
+    assert book["successes"] == 10 and book["peak_concurrency"] == 6

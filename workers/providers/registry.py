@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -15,6 +15,7 @@ from workers.providers.base import Adapter, AdapterOptions, ProviderError
 from workers.providers.google import GoogleAdapter
 from workers.providers.openai import OpenAIAdapter
 from workers.providers.openai_compatible import OpenAICompatibleAdapter
+from workers.providers.pool import PooledAdapter
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -67,15 +68,8 @@ class Adapters:
             timeout_s=self.settings.timeout_s,
             max_connections=self.settings.max_connections,
         )
-        if endpoint.provider == "openai":
-            return OpenAIAdapter(options, api=endpoint.api)
-        if endpoint.provider == "openai_compatible":
-            return OpenAICompatibleAdapter(options, api=endpoint.api)
-        if endpoint.provider == "anthropic":
-            return AnthropicAdapter(options)
-        if endpoint.provider == "google":
-            return GoogleAdapter(options)
-        raise ProviderError(e.BAD_REQUEST, f"unknown provider {endpoint.provider!r}")
+        build = _factory(endpoint)
+        return PooledAdapter(endpoint.provider, build, options, self.settings.connections_per_client)
 
     def _key(self, endpoint: Endpoint) -> str:
         if endpoint.api_key_env is None:
@@ -92,3 +86,16 @@ class Adapters:
         for adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters.clear()
+
+
+def _factory(endpoint: Endpoint) -> Callable[[AdapterOptions], Adapter]:
+    """How one client of the endpoint's provider is built."""
+    if endpoint.provider == "openai":
+        return lambda options: OpenAIAdapter(options, api=endpoint.api)
+    if endpoint.provider == "openai_compatible":
+        return lambda options: OpenAICompatibleAdapter(options, api=endpoint.api)
+    if endpoint.provider == "anthropic":
+        return AnthropicAdapter
+    if endpoint.provider == "google":
+        return GoogleAdapter
+    raise ProviderError(e.BAD_REQUEST, f"unknown provider {endpoint.provider!r}")
