@@ -573,6 +573,7 @@ def fake_provider_command(
 @app.command("worker")
 def worker_command() -> None:
     """Run an arq worker: target calls, judge calls and the reconciler, for the jobs in Postgres (needs Redis)."""
+    import uvloop
     from arq.worker import Worker
 
     from workers.distributed import worker_settings
@@ -580,6 +581,7 @@ def worker_command() -> None:
     settings = Settings()
     if not settings.redis_url:
         raise fail("DEFEATER_REDIS_URL is not set: `defeater worker` serves a distributed deployment")
+    asyncio.set_event_loop(uvloop.new_event_loop())  # arq runs on the loop set here
     Worker(**worker_settings(settings)).run()
 
 
