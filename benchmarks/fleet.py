@@ -88,9 +88,12 @@ def figures(opts: Options, run: scenario.JobRun) -> dict[str, Any]:
     times = scenario.timeline(run.status, run.book, models, run.wall_s)
     common = scenario.run_figures(run, times)
     per_model = {
-        model: scenario.model_figures(run.book["by_model"].get(model, {}), opts.rpm, times["wall_s"])
+        model: scenario.model_figures(run.book["by_model"].get(model, {}), opts.rpm, times["wall_s"], opts.tpm)
         for model in models
     }
+    # with a TPM limit the floor is whichever limit takes longer: the calls at the RPM, or their tokens at the TPM
+    tokens = max((run.book["by_model"].get(model, {}).get("tokens", 0) for model in models), default=0)
+    floor_s = max(opts.floor_s, tokens / opts.tpm * 60 if opts.tpm else 0.0)
     return {
         "benchmark": "fleet_distributed",
         "rpm_limit": opts.rpm,
@@ -104,8 +107,9 @@ def figures(opts: Options, run: scenario.JobRun) -> dict[str, Any]:
         "per_model": per_model,
         "achieved_over_limit": min(v["achieved_over_limit"] for v in per_model.values()),
         "wall_over_limit": min(v["wall_over_limit"] for v in per_model.values()),
-        "floor_s": round(opts.floor_s, 2),
-        "wall_over_floor": round(times["wall_s"] / opts.floor_s, 3),
+        "floor_s": round(floor_s, 2),
+        "floor_bound_by": "tpm" if floor_s > opts.floor_s else "rpm",
+        "wall_over_floor": round(times["wall_s"] / floor_s, 3),
         "judge_calls": run.book["by_model"].get(JUDGE_MODEL, {}).get("calls", 0),
     }
 

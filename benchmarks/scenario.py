@@ -307,8 +307,9 @@ def steady_rate(samples: list[Sample], start: float, middle: float = 0.5) -> flo
 # ---- figures, lines and warnings every scenario reports ----------------------------------------------------------
 
 
-def model_figures(entry: dict[str, Any], rpm: int | None, wall_s: float) -> dict[str, Any]:
-    """One model's figures from the fake's ledger: calls, 429s, the rate achieved, over its limit if it has one."""
+def model_figures(entry: dict[str, Any], rpm: int | None, wall_s: float, tpm: int | None = None) -> dict[str, Any]:
+    """One model's figures from the fake's ledger: calls, 429s, the rate achieved, over its limit if it has one.
+    With a TPM limit too, ``achieved_over_limit`` is the share of the limit that binds (the larger share)."""
     span = (entry.get("last_at") or 0.0) - (entry.get("first_at") or 0.0)
     successes, ledger_rpm = entry.get("successes", 0), entry.get("achieved_rpm") or 0.0
     figures = {
@@ -326,6 +327,12 @@ def model_figures(entry: dict[str, Any], rpm: int | None, wall_s: float) -> dict
     if rpm:
         figures["achieved_over_limit"] = round(ledger_rpm / rpm, 4)
         figures["wall_over_limit"] = round(successes / wall_s * 60 / rpm, 4)
+    if tpm:
+        ledger_tpm = entry.get("achieved_tpm") or 0.0
+        figures |= {"tokens": entry.get("tokens", 0), "achieved_tpm": round(ledger_tpm, 1)}
+        figures["rpm_over_limit"] = figures.get("achieved_over_limit", 0.0)
+        figures["tpm_over_limit"] = round(ledger_tpm / tpm, 4)
+        figures["achieved_over_limit"] = max(figures["rpm_over_limit"], figures["tpm_over_limit"])
     return figures
 
 

@@ -9,10 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.db.session import is_disconnect
 from service.errors import DefeaterError, ValidationFailed, field_errors
 
 log = logging.getLogger("defeater.api")
 PROBLEM_JSON = "application/problem+json"
+# what a 503 (the database away) asks the client to wait before trying again
+RETRY_AFTER_S = 2
 
 
 def problem_response(error: DefeaterError, request: Request) -> JSONResponse:
@@ -49,6 +52,17 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if is_disconnect(exc):  # the database is restarting or failing over: a client should simply ask again
+        log.warning("database unreachable on %s %s (%s)", request.method, request.url.path, type(exc).__name__)
+        unavailable = DefeaterError(
+            detail="the database cannot be reached just now; try again shortly",
+            status=503,
+            type="unavailable",
+            title="Service unavailable",
+        )
+        response = problem_response(unavailable, request)
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     error = DefeaterError(
         detail="internal error; it has been logged", status=500, type="internal", title="Internal error"

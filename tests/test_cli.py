@@ -88,7 +88,7 @@ async def test_postgres_needs_db_upgrade_first(env_without_defeater: dict[str, s
         env = env_without_defeater | {"DEFEATER_DATABASE_URL": url}
         assert_clean_failure(run(env, "jobs", "list"), "defeater db upgrade")
         upgraded = run(env, "db", "upgrade")
-        assert upgraded.returncode == 0 and "revision 0005" in upgraded.stdout
+        assert upgraded.returncode == 0 and "revision 0006" in upgraded.stdout
         assert run(env, "jobs", "list").returncode == 0
     finally:
         await _drop_postgres_database(name)

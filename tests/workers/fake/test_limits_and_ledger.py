@@ -83,6 +83,9 @@ async def test_tpm_limit(fake: FakeProvider, sdks: Callable[..., SDKs]) -> None:
             await chat(clients, "m", f"another question {i}")
     assert error.value.type == "tokens" and int(error.value.response.headers["retry-after"]) >= 1
     assert error.value.response.headers["x-ratelimit-limit-tokens"] == "150"
+    # the ledger counts the tokens of the calls let through (the refused ones took no room), never above the limit
+    entry = (await fake.ledger())["by_model"]["m"]
+    assert 0 < entry["tokens"] <= 150 and entry["successes"] == entry["calls"] - entry["rate_limited"]
 
 
 async def test_duplicates_and_idempotent_replays(fake: FakeProvider, sdks: Callable[..., SDKs]) -> None:

@@ -29,9 +29,14 @@ class _ModelStats:
     peak_concurrency: int = 0
     first_at: float | None = None
     last_at: float | None = None
+    # tokens of the calls let through the limits (what a TPM window counts), and when the first and last came
+    tokens: int = 0
+    tokens_first_at: float | None = None
+    tokens_last_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         span = (self.last_at or 0.0) - (self.first_at or 0.0)
+        token_span = (self.tokens_last_at or 0.0) - (self.tokens_first_at or 0.0)
         return {
             "calls": self.calls,
             "successes": self.successes,
@@ -40,6 +45,8 @@ class _ModelStats:
             "first_at": self.first_at,
             "last_at": self.last_at,
             "achieved_rpm": self.successes / span * 60 if span > 0 else None,
+            "tokens": self.tokens,
+            "achieved_tpm": self.tokens / token_span * 60 if token_span > 0 else None,
         }
 
 
@@ -77,6 +84,14 @@ class Ledger:
         stats.in_flight += 1
         stats.peak_concurrency = max(stats.peak_concurrency, stats.in_flight)
         return Ticket(earlier, self.generation)
+
+    def admitted(self, model: str, tokens: int) -> None:
+        """Count the tokens of a call the limits let through."""
+        now = time.time()
+        stats = self._models.setdefault(model, _ModelStats())
+        stats.tokens += tokens
+        stats.tokens_first_at = stats.tokens_first_at or now
+        stats.tokens_last_at = now
 
     def finish(self, model: str, prompt_sha256: str, outcome: str, generation: int, unit: str | None = None) -> None:
         """Count a call's outcome: an HTTP status ("200", "429", ...), "malformed", "drop", "hang" or a replay.
