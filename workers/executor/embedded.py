@@ -70,6 +70,8 @@ class _Run:
     refreshed_at: float = field(default_factory=time.monotonic)
     reclaimed_at: float = field(default_factory=time.monotonic)
     prompts: dict[uuid.UUID, str] = field(default_factory=dict)
+    # why the run is winding down (cancelled, paused, ended elsewhere), once known
+    ending: str | None = None
     # set when a call ends, so that the loop starts the next one at once
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -207,11 +209,11 @@ class EmbeddedExecutor:
     async def _tick(self, run: _Run, writer: ResultWriter) -> str | None:
         """One round: check the job, lease and start what the lanes can take, then wait for a call to end (or for
         the next look). Returns why the loop should end, or None to go on."""
-        ending: str | None = None
-        if run.over_budget():
-            ending = await self._pause(run.job_id)
-        elif time.monotonic() - run.checked_at > IDLE_TICK_S:
-            ending = await self._check(run)
+        if run.ending is None and run.over_budget():
+            run.ending = await self._pause(run.job_id)
+        elif run.ending is None and time.monotonic() - run.checked_at > IDLE_TICK_S:
+            run.ending = await self._check(run)
+        ending = run.ending
         if ending is not None or self._stopping:
             for lane in run.lanes:
                 lane.queue.clear()  # leased but not started: released at the end of the run
