@@ -3,6 +3,7 @@ as it changes, and always the same figures as the uncached computation."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -88,9 +89,10 @@ async def test_results_are_served_again_until_the_ledger_changes(
     job = await _job(http)
     job_id, url = uuid.UUID(job["id"]), f"/v1/jobs/{job['id']}/results"
     pending = await _answer_all_but_one_judgement(session, job_id, uuid.UUID(job["judge_config_ids"][0]))
+    # no freshness window: every change shows at the next read
+    cache = api.state.results_cache = ResultsCache(running_fresh_s=0.0)
 
     first = (await http.get(url)).json()
-    cache: ResultsCache = api.state.results_cache
     assert cache.computed == 1
     assert first == await _uncached(session, job_id)
     assert first["overall"]["all"]["open"] == 1
@@ -125,10 +127,34 @@ async def test_results_are_served_again_until_the_ledger_changes(
     assert finished == await _uncached(session, job_id)
 
 
+async def test_a_running_jobs_results_are_at_most_the_freshness_window_old(
+    api: FastAPI, http: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    job = await _job(http)
+    job_id, url = uuid.UUID(job["id"]), f"/v1/jobs/{job['id']}/results"
+    pending = await _answer_all_but_one_judgement(session, job_id, uuid.UUID(job["judge_config_ids"][0]))
+    cache = api.state.results_cache = ResultsCache(running_fresh_s=0.5)
+    first = (await http.get(url)).json()
+    await session.execute(
+        update(Judgement).where(Judgement.id == pending)
+        .values(state=UnitState.succeeded, response_type="helps", engages_with_defeat=False, independent_harm=False)
+    )  # fmt: skip
+    await session.commit()
+    assert (await http.get(url)).json() == first and cache.computed == 1  # within the window: as computed
+    await asyncio.sleep(0.6)
+    assert (await http.get(url)).json() == await _uncached(session, job_id) != first
+    assert cache.computed == 2
+    # a change of the job's state is never hidden by the window
+    await session.execute(update(Job).where(Job.id == job_id).values(state=JobState.running))
+    await session.commit()
+    assert (await http.get(url)).json()["state"] == "running" and cache.computed == 3
+
+
 def test_an_unfinished_jobs_entry_expires_and_the_least_recent_job_is_dropped() -> None:
-    cache = ResultsCache(max_jobs=2, running_max_age_s=0.0)
+    cache = ResultsCache(max_jobs=2, running_fresh_s=0.0, running_max_age_s=0.0)
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     cache.put(a, ("running", 1), b"a")
+    assert cache.fresh(a, "running") is None
     assert cache.get(a, ("running", 1), final=False) is None  # older than the running window
     assert cache.get(a, ("running", 1), final=True) == b"a"
     assert cache.get(a, ("running", 2), final=True) is None  # another version
