@@ -17,7 +17,7 @@ from service.errors import Conflict, FieldError, NotFound, ValidationFailed
 from service.gates.validation import ConfigRef, check_spec
 from service.jobs import repository
 from service.jobs.repository import CaseRef
-from service.jobs.schemas import JobCreate, JobRead, JobSummary, Progress
+from service.jobs.schemas import JobCreate, JobRead, JobSummary, Progress, Tokens
 from service.model_configs import service as configs
 from service.settings import Settings
 
@@ -234,7 +234,12 @@ async def read_job(session: AsyncSession, job: Job) -> JobRead:
     units = await repository.unit_summary(session, job.id, window_start if seconds > 0 else None)
     requests, judgements = units.requests, units.judgements
     links = await repository.config_ids(session, job.id)
-    tokens, cost = await repository.usage(session, job.id)
+    answers, judge = await repository.answer_usage(session, job.id), units.judge_usage
+    tokens = Tokens(
+        input=answers.input + judge.input, output=answers.output + judge.output, reasoning=answers.reasoning,
+        cached=answers.cached,
+    )  # fmt: skip
+    cost = answers.cost_usd + judge.cost_usd
     rate = units.finished_since / seconds if seconds > 0 else 0.0
     judges = max(len(links[ConfigRole.judge]), 1)
     # every open request still owes its own call and one judgement per judge
