@@ -203,65 +203,89 @@ class PairCounts:
     b_only: int
 
 
-class HelpsAnswer(NamedTuple):
-    """One labelled answer to a defeated case: whether it helps."""
-
-    case_id: uuid.UUID
-    sample_index: int
-    model_config_id: uuid.UUID
-    helps: bool
+MASK_BITS = 62
+"""Configs a job can have for its comparisons to be paired in SQL (one bit each in a signed 64-bit sum)."""
 
 
-async def helps_answers(session: AsyncSession, job_id: uuid.UUID) -> list[HelpsAnswer]:
-    """Every labelled answer of the job to a defeated case, and whether it helps: what the comparisons pair up."""
+class Helped(NamedTuple):
+    """``units`` (defeated case, sample) pairs where the configs of ``labelled`` have a labelled answer and those of
+    ``helps`` helped: bit ``i`` stands for the ``i``-th config of the list the masks were read for."""
+
+    labelled: int
+    helps: int
+    units: int
+
+
+def _labelled_defeated(job_id: uuid.UUID) -> tuple[Any, _Labels, list[ColumnElement[bool]]]:
     p = per_request(job_id).c
     lab = _majority(p)
-    query = (
-        select(p.case_id, p.sample_index, p.model_config_id, lab.rtype)
+    where = [Case.family != Family.control, lab.rtype.is_not(None), lab.engage.is_not(None), lab.harm.is_not(None)]
+    return p, lab, where
+
+
+async def helped(session: AsyncSession, job_id: uuid.UUID, configs: list[uuid.UUID]) -> list[Helped]:
+    """Who has a labelled answer to each defeated (case, sample), and who helped, counted per combination: what the
+    comparisons pair up, in a few dozen rows instead of one per answer.
+
+    With more than ``MASK_BITS`` configs the answers are read one by one and combined here instead.
+    """
+    if len(configs) > MASK_BITS:
+        return await _helped_by_answer(session, job_id, configs)
+    p, lab, where = _labelled_defeated(job_id)
+    bit = case({config_id: 1 << i for i, config_id in enumerate(configs)}, value=p.model_config_id, else_=0)
+    units = (
+        select(func.sum(bit).label("labelled"), func.sum(case((lab.rtype == "helps", bit), else_=0)).label("helps"))
         .join(Case, Case.id == p.case_id)
-        .where(
-            Case.family != Family.control,
-            lab.rtype.is_not(None),
-            lab.engage.is_not(None),
-            lab.harm.is_not(None),
-        )
+        .where(*where)
+        .group_by(p.case_id, p.sample_index)
+        .subquery("units")
     )
-    helps = ResponseType.helps.value
-    return [
-        HelpsAnswer(case_id, sample, config_id, _label(rtype) == helps)
-        for case_id, sample, config_id, rtype in (await session.execute(query)).all()
-    ]
+    u = units.c
+    query = select(u.labelled, u.helps, func.count()).group_by(u.labelled, u.helps)
+    return [Helped(int(a), int(b), int(n)) for a, b, n in (await session.execute(query)).all()]
 
 
-def pair_up(answers: list[HelpsAnswer]) -> list[PairCounts]:
+async def _helped_by_answer(session: AsyncSession, job_id: uuid.UUID, configs: list[uuid.UUID]) -> list[Helped]:
+    p, lab, where = _labelled_defeated(job_id)
+    query = (
+        select(p.case_id, p.sample_index, p.model_config_id, lab.rtype).join(Case, Case.id == p.case_id).where(*where)
+    )
+    bit = {config_id: 1 << i for i, config_id in enumerate(configs)}
+    masks: dict[tuple[uuid.UUID, int], list[int]] = defaultdict(lambda: [0, 0])
+    for case_id, sample, config_id, rtype in (await session.execute(query)).all():
+        mask = masks[case_id, sample]
+        mask[0] |= bit.get(config_id, 0)
+        mask[1] |= bit.get(config_id, 0) if _label(rtype) == ResponseType.helps.value else 0
+    combinations: dict[tuple[int, int], int] = defaultdict(int)
+    for labelled, helps in masks.values():
+        combinations[labelled, helps] += 1
+    return [Helped(labelled, helps, n) for (labelled, helps), n in combinations.items()]
+
+
+def pair_up(found: list[Helped], configs: list[uuid.UUID]) -> list[PairCounts]:
     """For every two configs: their labelled answers to the same (defeated case, sample), and who helped.
 
-    Paired here in one pass rather than by a self-join in SQL: the self-join of the labels made planners without
-    fresh statistics choose a nested loop, minutes at 18 configs. Pure: safe to run off the event loop. The pairs
-    come out ordered by ``(a, b)`` (each pair's ``a`` is the one whose id sorts first as a string).
+    Paired here rather than by a self-join in SQL: the self-join of the labels made planners without fresh statistics
+    choose a nested loop, minutes at 18 configs. Pure: safe to run off the event loop. Each pair's ``a`` is the config
+    whose id sorts first as a string, and the pairs come out in that order.
     """
-    by_unit: dict[tuple[uuid.UUID, int], dict[uuid.UUID, bool]] = defaultdict(dict)
-    for case_id, sample, config_id, helps in answers:
-        by_unit[case_id, sample][config_id] = helps
-    tally: dict[tuple[uuid.UUID, uuid.UUID], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-    rank = {config_id: i for i, config_id in enumerate(sorted({a.model_config_id for a in answers}, key=str))}
-    for by_config in by_unit.values():
-        ordered = sorted(by_config.items(), key=lambda item: rank[item[0]])
-        for i, (a, a_helps) in enumerate(ordered):
-            for b, b_helps in ordered[i + 1 :]:
-                counts = tally[a, b]
-                counts[0] += 1
-                counts[1] += a_helps
-                counts[2] += b_helps
-                counts[3] += a_helps and not b_helps
-                counts[4] += b_helps and not a_helps
+    ordered = sorted(range(len(configs)), key=lambda i: str(configs[i]))
+    tally: dict[tuple[int, int], list[int]] = {}
+    for labelled, helps, units in found:
+        present = [i for i in ordered if labelled >> i & 1]
+        for n, a in enumerate(present):
+            a_helps = helps >> a & 1
+            for b in present[n + 1 :]:
+                b_helps = helps >> b & 1
+                counts = tally.setdefault((a, b), [0, 0, 0, 0, 0])
+                counts[0] += units
+                counts[1] += units * a_helps
+                counts[2] += units * b_helps
+                counts[3] += units * (a_helps and not b_helps)
+                counts[4] += units * (b_helps and not a_helps)
+    rank = {i: r for r, i in enumerate(ordered)}
     pairs = sorted(tally.items(), key=lambda item: (rank[item[0][0]], rank[item[0][1]]))
-    return [PairCounts(a, b, *counts) for (a, b), counts in pairs]
-
-
-async def paired_helps(session: AsyncSession, job_id: uuid.UUID) -> list[PairCounts]:
-    """For every two configs: labelled answers to the same (defeated case, sample), and who helped."""
-    return pair_up(await helps_answers(session, job_id))
+    return [PairCounts(configs[a], configs[b], *counts) for (a, b), counts in pairs]
 
 
 class Version(NamedTuple):

@@ -20,7 +20,7 @@ from service.datasets.taxonomy import AUTHORITY_TYPES, GROUP_OF
 from service.db.models import ConfigRole, Family, Job, ModelConfig
 from service.jobs import repository as jobs_repo
 from service.results import repository
-from service.results.repository import COUNT_FIELDS, CellKey, Counts, HelpsAnswer, PairCounts
+from service.results.repository import COUNT_FIELDS, CellKey, Counts, Helped, PairCounts
 from service.results.schemas import (
     Cell,
     Comparison,
@@ -224,7 +224,7 @@ class Facts:
     judge_prompt_version: str | None
     configs: list[ConfigName]
     cells: Cells
-    helps: list[HelpsAnswer]
+    helped: list[Helped]  # bit i: configs[i]
 
 
 async def read_facts(session: AsyncSession, job: Job) -> Facts:
@@ -233,14 +233,15 @@ async def read_facts(session: AsyncSession, job: Job) -> Facts:
     targets = links[ConfigRole.target]
     found = await session.execute(select(ModelConfig.id, ModelConfig.name).where(ModelConfig.id.in_(targets)))
     names: dict[uuid.UUID, str] = {row[0]: row[1] for row in found.all()}
+    configs = [ConfigName(i, names[i]) for i in targets if i in names]
     return Facts(
         job_id=job.id,
         state=job.state.value,
         judge_config_ids=links[ConfigRole.judge],
         judge_prompt_version=await jobs_repo.prompt_version(session, job.id),
-        configs=[ConfigName(i, names[i]) for i in targets if i in names],
+        configs=configs,
         cells=await repository.cells(session, job.id),
-        helps=await repository.helps_answers(session, job.id),
+        helped=await repository.helped(session, job.id, [c.id for c in configs]),
     )
 
 
@@ -270,7 +271,7 @@ def build(facts: Facts) -> Results:
         ),
         by_dual_use=_keyed_splits(sums(fine.items(), lambda k: (k.dual_use, k.defeated)), (True, False)),
         matrix=_matrix(fine, by_authority, facts.configs),
-        comparisons=_comparisons(repository.pair_up(facts.helps)),
+        comparisons=_comparisons(repository.pair_up(facts.helped, [c.id for c in facts.configs])),
     )
 
 

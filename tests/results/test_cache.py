@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.app import create_app
 from service.db.models import Case, Family, Job, JobState, Judgement, Outcome, Request, Response, UnitState
+from service.results import repository
 from service.results.cache import ResultsCache
+from service.results.repository import Helped, pair_up
 from service.results.service import results
 from service.settings import Settings
 
@@ -162,3 +164,27 @@ def test_an_unfinished_jobs_entry_expires_and_the_least_recent_job_is_dropped() 
     cache.put(c, ("completed", 1), b"c")
     assert cache.get(a, ("running", 1), final=True) is None
     assert cache.get(b, ("completed", 1), final=True) == b"b"
+
+
+async def test_comparisons_are_the_same_paired_in_sql_or_answer_by_answer(
+    http: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await _job(http)
+    job_id = uuid.UUID(job["id"])
+    await _answer_all_but_one_judgement(session, job_id, uuid.UUID(job["judge_config_ids"][0]))
+    in_sql = await _uncached(session, job_id)
+    monkeypatch.setattr(repository, "MASK_BITS", 1)  # two configs: more than the masks may hold
+    by_answer = await _uncached(session, job_id)
+    assert in_sql["comparisons"] == by_answer["comparisons"] and len(in_sql["comparisons"]) == 1
+    assert in_sql["comparisons"][0]["pairs"] > 0
+
+
+def test_pairing_counts_every_two_configs_on_their_common_units() -> None:
+    configs = [uuid.UUID(int=n) for n in (3, 1, 2)]  # bit i is configs[i]; pairs ordered by the ids as strings
+    found = [Helped(labelled=0b111, helps=0b001, units=2), Helped(labelled=0b011, helps=0b011, units=1)]
+    pairs = {(p.a, p.b): (p.pairs, p.a_yes, p.b_yes, p.a_only, p.b_only) for p in pair_up(found, configs)}
+    one, two, three = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)
+    assert list(pairs) == [(one, two), (one, three), (two, three)]
+    assert pairs[one, two] == (2, 0, 0, 0, 0)
+    assert pairs[one, three] == (3, 1, 3, 0, 2)
+    assert pairs[two, three] == (2, 0, 2, 0, 2)
