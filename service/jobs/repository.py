@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import String, case, cast, false, func, insert, literal, null, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import (
@@ -21,7 +21,7 @@ from service.db.models import (
     Response,
     UnitState,
 )
-from service.jobs.schemas import JobFilters, Tokens, UnitCounts
+from service.jobs.schemas import JobFilters, UnitCounts
 
 REQUEST_INSERT_BATCH = 5_000
 REQUEST_COLUMNS = (
@@ -92,31 +92,74 @@ async def config_ids(session: AsyncSession, job_id: uuid.UUID) -> dict[ConfigRol
     return out
 
 
-async def unit_counts(session: AsyncSession, model: type[Request] | type[Judgement], job_id: uuid.UUID) -> UnitCounts:
-    query = select(model.state, func.count()).where(model.job_id == job_id).group_by(model.state)
-    counts = UnitCounts()
-    for state, n in (await session.execute(query)).all():
-        setattr(counts, UnitState(state).value, n)
-        counts.total += n
-    return counts
+class Usage(NamedTuple):
+    """Tokens and spend of a set of calls."""
+
+    input: int = 0
+    output: int = 0
+    reasoning: int = 0
+    cached: int = 0
+    cost_usd: float = 0.0
 
 
-async def finished_since(session: AsyncSession, job_id: uuid.UUID, since: datetime) -> int:
-    """Units of the job that reached a final state since ``since``: the recent throughput."""
-    total = 0
-    for model in (Request, Judgement):
-        query = select(func.count()).where(
-            model.job_id == job_id,
-            model.state.in_((UnitState.succeeded, UnitState.failed)),
-            model.updated_at >= since,
+class UnitSummary(NamedTuple):
+    """A job's units at a glance: counts by state per phase, errors by kind, how many became final lately, and what
+    the judge calls used."""
+
+    requests: UnitCounts
+    judgements: UnitCounts
+    errors_by_kind: dict[str, int]
+    finished_since: int
+    judge_usage: Usage
+
+
+async def unit_summary(session: AsyncSession, job_id: uuid.UUID, since: datetime | None) -> UnitSummary:
+    """Counts of the job's requests and judgements by state, failures by reason, the units that reached a final state
+    since ``since`` (none when ``since`` is None) and the judge calls' usage: one query, one pass over each table,
+    grouped by (phase, state, failure reason)."""
+    final = (UnitState.succeeded, UnitState.failed)
+    parts = []
+    for phase, model in (("requests", Request), ("judgements", Judgement)):
+        recent = model.state.in_(final) & (model.updated_at >= since) if since is not None else false()
+        used = (
+            (func.sum(Judgement.input_tokens), func.sum(Judgement.output_tokens), func.sum(Judgement.cost_usd))
+            if model is Judgement
+            else (null(), null(), null())
         )
-        total += (await session.execute(query)).scalar_one()
-    return total
+        parts.append(
+            select(
+                literal(phase).label("phase"),
+                cast(model.state, String).label("state"),
+                model.failure_reason,
+                func.count(),
+                func.coalesce(func.sum(case((recent, 1), else_=0)), 0),
+                *used,
+            )
+            .where(model.job_id == job_id)
+            .group_by(model.state, model.failure_reason)
+        )
+    counts = {"requests": UnitCounts(), "judgements": UnitCounts()}
+    errors: dict[str, int] = {}
+    finished = tokens_in = tokens_out = 0
+    cost = 0.0
+    for phase, state, reason, n, recently, used_in, used_out, used_cost in (
+        await session.execute(union_all(*parts))
+    ).all():
+        unit = counts[phase]
+        setattr(unit, state, getattr(unit, state) + n)
+        unit.total += n
+        finished += int(recently)
+        tokens_in, tokens_out, cost = tokens_in + (used_in or 0), tokens_out + (used_out or 0), cost + (used_cost or 0)
+        if state == UnitState.failed.value:
+            key = reason or "unknown"
+            errors[key] = errors.get(key, 0) + n
+    judge = Usage(input=tokens_in, output=tokens_out, cost_usd=float(cost))
+    return UnitSummary(counts["requests"], counts["judgements"], errors, finished, judge)
 
 
-async def usage(session: AsyncSession, job_id: uuid.UUID) -> tuple[Tokens, float]:
-    """Tokens and spend of the job's target and judge calls (reused answers cost nothing)."""
-    r = (
+async def answer_usage(session: AsyncSession, job_id: uuid.UUID) -> Usage:
+    """Tokens and spend of the job's target calls (reused answers cost nothing)."""
+    row = (
         await session.execute(
             select(
                 func.coalesce(func.sum(Response.input_tokens), 0),
@@ -127,33 +170,8 @@ async def usage(session: AsyncSession, job_id: uuid.UUID) -> tuple[Tokens, float
             ).where(Response.job_id == job_id, Response.reused_from.is_(None))
         )
     ).one()
-    j = (
-        await session.execute(
-            select(
-                func.coalesce(func.sum(Judgement.input_tokens), 0),
-                func.coalesce(func.sum(Judgement.output_tokens), 0),
-                func.coalesce(func.sum(Judgement.cost_usd), 0.0),
-            ).where(Judgement.job_id == job_id)
-        )
-    ).one()
-    r_in, r_out, r_reason, r_cached, r_cost = (v or 0 for v in r)
-    j_in, j_out, j_cost = (v or 0 for v in j)
-    tokens = Tokens(input=r_in + j_in, output=r_out + j_out, reasoning=r_reason, cached=r_cached)
-    return tokens, float(r_cost) + float(j_cost)
-
-
-async def errors_by_kind(session: AsyncSession, job_id: uuid.UUID) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for model in (Request, Judgement):
-        query = (
-            select(model.failure_reason, func.count())
-            .where(model.job_id == job_id, model.state == UnitState.failed)
-            .group_by(model.failure_reason)
-        )
-        for reason, n in (await session.execute(query)).all():
-            key = reason or "unknown"
-            out[key] = out.get(key, 0) + n
-    return out
+    r_in, r_out, r_reason, r_cached, r_cost = (v or 0 for v in row)
+    return Usage(r_in, r_out, r_reason, r_cached, float(r_cost))
 
 
 async def list_page(

@@ -12,12 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.datasets import repository as datasets_repo
 from service.db.base import utcnow
-from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, UnitState
+from service.db.models import ConfigRole, Job, JobState, ModelConfig, UnitState
 from service.errors import Conflict, FieldError, NotFound, ValidationFailed
 from service.gates.validation import ConfigRef, check_spec
 from service.jobs import repository
 from service.jobs.repository import CaseRef
-from service.jobs.schemas import JobCreate, JobRead, JobSummary, Progress
+from service.jobs.schemas import JobCreate, JobRead, JobSummary, Progress, Tokens
 from service.model_configs import service as configs
 from service.settings import Settings
 
@@ -228,15 +228,19 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job:
 
 async def read_job(session: AsyncSession, job: Job) -> JobRead:
     """The job's status: state, progress by phase and state, throughput, ETA, tokens, spend, errors."""
-    requests = await repository.unit_counts(session, Request, job.id)
-    judgements = await repository.unit_counts(session, Judgement, job.id)
-    links = await repository.config_ids(session, job.id)
-    tokens, cost = await repository.usage(session, job.id)
     now = utcnow()
     window_start = max(now - THROUGHPUT_WINDOW, job.started_at or now)
     seconds = (now - window_start).total_seconds()
-    finished = await repository.finished_since(session, job.id, window_start) if seconds > 0 else 0
-    rate = finished / seconds if seconds > 0 else 0.0
+    units = await repository.unit_summary(session, job.id, window_start if seconds > 0 else None)
+    requests, judgements = units.requests, units.judgements
+    links = await repository.config_ids(session, job.id)
+    answers, judge = await repository.answer_usage(session, job.id), units.judge_usage
+    tokens = Tokens(
+        input=answers.input + judge.input, output=answers.output + judge.output, reasoning=answers.reasoning,
+        cached=answers.cached,
+    )  # fmt: skip
+    cost = answers.cost_usd + judge.cost_usd
+    rate = units.finished_since / seconds if seconds > 0 else 0.0
     judges = max(len(links[ConfigRole.judge]), 1)
     # every open request still owes its own call and one judgement per judge
     remaining = (requests.pending + requests.leased) * (1 + judges) + judgements.pending + judgements.leased
@@ -255,7 +259,7 @@ async def read_job(session: AsyncSession, job: Job) -> JobRead:
         eta_seconds=round(eta, 1) if eta is not None else None,
         cost_usd=round(cost, 6),
         tokens=tokens,
-        errors_by_kind=await repository.errors_by_kind(session, job.id),
+        errors_by_kind=units.errors_by_kind,
         error=job.error,
     )
 

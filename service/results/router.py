@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.db.models import Family
@@ -13,19 +13,31 @@ from service.deps import SessionDep
 from service.jobs.service import get_job
 from service.pagination import Page, decode_cursor, encode_cursor
 from service.results import agreement, responses
+from service.results.cache import ResultsCache, results_json
 from service.results.responses import ResponseItem
 from service.results.schemas import Results
-from service.results.service import results
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"])
 
 
+def results_cache(request: Request) -> ResultsCache:
+    """The app's results cache, made on first use (one per API process)."""
+    state = request.app.state
+    if getattr(state, "results_cache", None) is None:
+        state.results_cache = ResultsCache()
+    cache: ResultsCache = state.results_cache
+    return cache
+
+
 @router.get("/{job_id}/results", response_model=Results)
-async def job_results(job_id: uuid.UUID, session: SessionDep) -> Results:
+async def job_results(
+    job_id: uuid.UUID, session: SessionDep, cache: Annotated[ResultsCache, Depends(results_cache)]
+) -> Response:
     """Rates with Wilson 95% intervals overall and per config, family, authority type and group, dual-use
     stratum, family x config and authority x config; helps gaps; paired comparisons of configs (McNemar).
     Computed from SQL aggregates; available while the job runs (open units are counted, not guessed)."""
-    return await results(session, await get_job(session, job_id))
+    body = await results_json(session, await get_job(session, job_id), cache)
+    return Response(content=body, media_type="application/json")
 
 
 @router.get("/{job_id}/responses", response_model=Page[ResponseItem])

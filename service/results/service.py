@@ -1,10 +1,17 @@
-"""Results of a job: every rate with its Wilson interval, per group, from the counts the database adds up."""
+"""Results of a job: every rate with its Wilson interval, per group, from the counts the database adds up.
+
+``read_facts`` does the SQL (a few aggregate queries); ``build`` is pure Python on what they returned, so a caller
+on the event loop can run it in a thread (``service.results.cache`` does).
+"""
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from operator import add
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +20,7 @@ from service.datasets.taxonomy import AUTHORITY_TYPES, GROUP_OF
 from service.db.models import ConfigRole, Family, Job, ModelConfig
 from service.jobs import repository as jobs_repo
 from service.results import repository
-from service.results.repository import CellKey, Counts
+from service.results.repository import COUNT_FIELDS, CellKey, Counts, Helped, PairCounts
 from service.results.schemas import (
     Cell,
     Comparison,
@@ -29,6 +36,8 @@ from service.results.schemas import (
 from service.results.stats import mcnemar_exact_p, paired_difference_ci, wilson
 
 Cells = list[tuple[CellKey, Counts]]
+K = TypeVar("K")
+H = TypeVar("H", bound=Hashable)
 
 
 def rate(count: int, n: int) -> Rate:
@@ -40,29 +49,35 @@ def rate(count: int, n: int) -> Rate:
     )
 
 
-def group(c: Counts) -> Group:
+def _group_fields(c: Counts) -> dict[str, Any]:
     n = c.n
-    return Group(
-        n=n,
-        requests=c.requests,
-        helps_rate=rate(c.helps, n),
-        refusal_rate=rate(c.hard + c.deflection, n),
-        hard_refusal_rate=rate(c.hard, n),
-        deflection_rate=rate(c.deflection, n),
-        engagement_rate=rate(c.engage, n),
-        independent_harm_rate=rate(c.harm, n),
-        categories={
-            "helps": rate(c.helps, n),
+    helps = rate(c.helps, n)
+    return {
+        "n": n,
+        "requests": c.requests,
+        "helps_rate": helps,
+        "refusal_rate": rate(c.hard + c.deflection, n),
+        "hard_refusal_rate": rate(c.hard, n),
+        "deflection_rate": rate(c.deflection, n),
+        "engagement_rate": rate(c.engage, n),
+        "independent_harm_rate": rate(c.harm, n),
+        "categories": {
+            "helps": helps,
             "pure_rule_blind": rate(c.pure_rule_blind, n),
             "safety_grounded": rate(c.safety_grounded, n),
             "engaged_only": rate(c.engaged_only, n),
             "engaged_and_safety": rate(c.engaged_and_safety, n),
         },
-        content_filtered=c.content_filtered,
-        errored=c.errored,
-        unjudged=c.unjudged,
-        open=c.open_requests + c.open_judgements,
-    )
+        "content_filtered": c.content_filtered,
+        "errored": c.errored,
+        "unjudged": c.unjudged,
+        "open": c.open_requests + c.open_judgements,
+    }
+
+
+def group(c: Counts) -> Group:
+    """The result fields of one group's counts."""
+    return Group(**_group_fields(c))
 
 
 def difference(k1: int, n1: int, k2: int, n2: int) -> Difference:
@@ -77,71 +92,102 @@ def difference(k1: int, n1: int, k2: int, n2: int) -> Difference:
     return Difference(value=d, ci95=(max(-1.0, low), min(1.0, high)))
 
 
-Keep = Callable[[CellKey], bool]
+Vector = tuple[int, ...]
+"""A ``Counts`` as its values in ``COUNT_FIELDS`` order: summed without touching attributes."""
+ZERO: Vector = (0,) * len(COUNT_FIELDS)
 
 
-def where(**want: object) -> Keep:
-    """A filter on cells: every named attribute of the cell's key equals the value given."""
-
-    def keep(key: CellKey) -> bool:
-        return all(getattr(key, name) == value for name, value in want.items())
-
-    return keep
+def vector(c: Counts) -> Vector:
+    return tuple(getattr(c, name) for name in COUNT_FIELDS)
 
 
-EVERYTHING: Keep = where()
-
-
-def total(cells: Iterable[tuple[CellKey, Counts]], keep: Keep = EVERYTHING) -> Counts:
-    out = Counts()
-    for key, counts in cells:
-        if keep(key):
-            out += counts
+def sums(items: Iterable[tuple[K, Vector]], by: Callable[[K], H]) -> dict[H, Vector]:
+    """The vectors summed per ``by(key)``: one pass, whatever the number of groups."""
+    out: dict[H, Vector] = {}
+    for key, values in items:
+        into = by(key)
+        have = out.get(into)
+        out[into] = values if have is None else tuple(map(add, have, values))
     return out
 
 
-def split(cells: Cells, keep: Keep = EVERYTHING) -> Split:
-    defeated = total((kc for kc in cells if kc[0].defeated), keep)
-    control = total((kc for kc in cells if not kc[0].defeated), keep)
-    return Split(
-        defeated=group(defeated),
-        control=group(control),
-        all=group(total(cells, keep)),
-        helps_gap=difference(defeated.helps, defeated.n, control.helps, control.n),
-    )
+def _counts(table: Mapping[H, Vector], key: H) -> Counts:
+    return Counts(*table.get(key, ZERO))
 
 
-def _config_results(cells: Cells, configs: list[ModelConfig]) -> list[ConfigResult]:
-    out = []
-    for config in configs:
-        mine = [(k, c) for k, c in cells if k.model_config_id == config.id]
-        by_dual_use = {str(flag).lower(): split(mine, where(dual_use=flag)) for flag in (True, False)}
-        fields = split(mine).model_dump()
-        out.append(ConfigResult(**fields, model_config_id=config.id, name=config.name, by_dual_use=by_dual_use))
-    return out
+class Fine(NamedTuple):
+    """The partial sums every group but the authority ones is a sum of (the family says defeated or control)."""
+
+    config: uuid.UUID
+    family: Family
+    dual_use: bool
+
+    @property
+    def defeated(self) -> bool:
+        return self.family is not Family.control
 
 
-def _matrix(cells: Cells, configs: list[ModelConfig]) -> dict[str, list[Cell]]:
-    family_cells = [
-        Cell(
-            **group(total(cells, where(family=f, model_config_id=c.id))).model_dump(), key=f.value, model_config_id=c.id
+class ByAuthority(NamedTuple):
+    authority_type: str
+    config: uuid.UUID
+    defeated: bool
+
+
+def _split_fields(defeated: Counts, control: Counts) -> dict[str, Any]:
+    return {
+        "defeated": group(defeated),
+        "control": group(control),
+        "all": group(Counts(*map(add, vector(defeated), vector(control)))),
+        "helps_gap": difference(defeated.helps, defeated.n, control.helps, control.n),
+    }
+
+
+def _split_of(table: Mapping[tuple[H, bool], Vector], key: H) -> dict[str, Any]:
+    """The split fields of ``key`` in a table of sums keyed by ``(key, defeated)``."""
+    return _split_fields(_counts(table, (key, True)), _counts(table, (key, False)))
+
+
+class ConfigName(NamedTuple):
+    id: uuid.UUID
+    name: str
+
+
+def _config_results(fine: Mapping[Fine, Vector], configs: list[ConfigName]) -> list[ConfigResult]:
+    by_config = sums(fine.items(), lambda k: (k.config, k.defeated))
+    by_dual_use = sums(fine.items(), lambda k: ((k.config, k.dual_use), k.defeated))
+    return [
+        ConfigResult(
+            **_split_of(by_config, config.id),
+            model_config_id=config.id,
+            name=config.name,
+            by_dual_use={
+                str(flag).lower(): Split(**_split_of(by_dual_use, (config.id, flag))) for flag in (True, False)
+            },
         )
+        for config in configs
+    ]
+
+
+def _matrix(
+    fine: Mapping[Fine, Vector], by_authority: Mapping[ByAuthority, Vector], configs: list[ConfigName]
+) -> dict[str, list[Cell]]:
+    by_family = sums(fine.items(), lambda k: (k.family, k.config))
+    family_cells = [
+        Cell(**_group_fields(_counts(by_family, (f, c.id))), key=f.value, model_config_id=c.id)
         for f in Family
         for c in configs
     ]
-    defeated = [(k, c) for k, c in cells if k.defeated]
     authority_cells = [
-        Cell(**group(total(defeated, where(authority_type=a, model_config_id=c.id))).model_dump(), key=a,
-             model_config_id=c.id)
+        Cell(**_group_fields(_counts(by_authority, ByAuthority(a, c.id, True))), key=a, model_config_id=c.id)
         for a in AUTHORITY_TYPES
         for c in configs
-    ]  # fmt: skip
+    ]
     return {"family_x_config": family_cells, "authority_x_config": [c for c in authority_cells if c.requests]}
 
 
-async def _comparisons(session: AsyncSession, job_id: uuid.UUID) -> list[Comparison]:
+def _comparisons(pairs: list[PairCounts]) -> list[Comparison]:
     out = []
-    for p in await repository.paired_helps(session, job_id):
+    for p in pairs:
         interval = paired_difference_ci(p.a_only, p.b_only, p.pairs)
         out.append(
             Comparison(
@@ -164,29 +210,71 @@ async def _comparisons(session: AsyncSession, job_id: uuid.UUID) -> list[Compari
     return out
 
 
-def _keyed_splits(cells: Cells, attribute: str, keys: Iterable[object]) -> list[KeyedSplit]:
-    return [KeyedSplit(**split(cells, where(**{attribute: key})).model_dump(), key=str(key).lower()) for key in keys]
+def _keyed_splits(table: Mapping[tuple[Any, bool], Vector], keys: Iterable[Any]) -> list[KeyedSplit]:
+    return [KeyedSplit(**_split_of(table, key), key=str(key).lower()) for key in keys]
 
 
-async def results(session: AsyncSession, job: Job) -> Results:
-    """Every figure of the study's tables for this job, with intervals, from SQL aggregates."""
-    cells = await repository.cells(session, job.id)
+@dataclass(frozen=True)
+class Facts:
+    """What a job's results are computed from, as read from the ledger."""
+
+    job_id: uuid.UUID
+    state: str
+    judge_config_ids: list[uuid.UUID]
+    judge_prompt_version: str | None
+    configs: list[ConfigName]
+    cells: Cells
+    helped: list[Helped]  # bit i: configs[i]
+
+
+async def read_facts(session: AsyncSession, job: Job) -> Facts:
+    """Everything the job's results need, in a few aggregate queries."""
     links = await jobs_repo.config_ids(session, job.id)
-    found = await session.execute(select(ModelConfig).where(ModelConfig.id.in_(links[ConfigRole.target])))
-    by_id = {c.id: c for c in found.scalars()}
-    configs = [by_id[i] for i in links[ConfigRole.target] if i in by_id]
-    present_types = sorted({k.authority_type for k, _ in cells}, key=AUTHORITY_TYPES.index)
-    return Results(
+    targets = links[ConfigRole.target]
+    found = await session.execute(select(ModelConfig.id, ModelConfig.name).where(ModelConfig.id.in_(targets)))
+    names: dict[uuid.UUID, str] = {row[0]: row[1] for row in found.all()}
+    configs = [ConfigName(i, names[i]) for i in targets if i in names]
+    return Facts(
         job_id=job.id,
         state=job.state.value,
         judge_config_ids=links[ConfigRole.judge],
         judge_prompt_version=await jobs_repo.prompt_version(session, job.id),
-        overall=split(cells),
-        by_model_config=_config_results(cells, configs),
-        by_family=[Keyed(**group(total(cells, where(family=f))).model_dump(), key=f.value) for f in Family],
-        by_authority_type=_keyed_splits(cells, "authority_type", present_types),
-        by_authority_group=_keyed_splits(cells, "authority_group", sorted({GROUP_OF[t] for t in present_types})),
-        by_dual_use=_keyed_splits(cells, "dual_use", (True, False)),
-        matrix=_matrix(cells, configs),
-        comparisons=await _comparisons(session, job.id),
+        configs=configs,
+        cells=await repository.cells(session, job.id),
+        helped=await repository.helped(session, job.id, [c.id for c in configs]),
     )
+
+
+def build(facts: Facts) -> Results:
+    """Every figure of the study's tables for the job, with intervals. Pure: CPU only, no database.
+
+    The cube's cells are summed once by (config, family, dual-use) and once by (authority type, config, defeated);
+    every group is a sum of those few dozen or few hundred partial sums.
+    """
+    vectors = [(key, vector(counts)) for key, counts in facts.cells]
+    fine = sums(vectors, lambda k: Fine(k.model_config_id, k.family, k.dual_use))
+    by_authority = sums(vectors, lambda k: ByAuthority(k.authority_type, k.model_config_id, k.defeated))
+    by_type = sums(by_authority.items(), lambda k: (k.authority_type, k.defeated))
+    present_types = sorted({k.authority_type for k, _ in facts.cells}, key=AUTHORITY_TYPES.index)
+    by_family = sums(fine.items(), lambda k: k.family)
+    return Results(
+        job_id=facts.job_id,
+        state=facts.state,
+        judge_config_ids=facts.judge_config_ids,
+        judge_prompt_version=facts.judge_prompt_version,
+        overall=Split(**_split_of(sums(fine.items(), lambda k: (None, k.defeated)), None)),
+        by_model_config=_config_results(fine, facts.configs),
+        by_family=[Keyed(**_group_fields(_counts(by_family, f)), key=f.value) for f in Family],
+        by_authority_type=_keyed_splits(by_type, present_types),
+        by_authority_group=_keyed_splits(
+            sums(by_type.items(), lambda k: (GROUP_OF[k[0]], k[1])), sorted({GROUP_OF[t] for t in present_types})
+        ),
+        by_dual_use=_keyed_splits(sums(fine.items(), lambda k: (k.dual_use, k.defeated)), (True, False)),
+        matrix=_matrix(fine, by_authority, facts.configs),
+        comparisons=_comparisons(repository.pair_up(facts.helped, [c.id for c in facts.configs])),
+    )
+
+
+async def results(session: AsyncSession, job: Job) -> Results:
+    """Every figure of the study's tables for this job, with intervals, from SQL aggregates."""
+    return build(await read_facts(session, job))
