@@ -9,22 +9,31 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import asyncpg
 import kubernetes_validate
 import pytest
 import yaml
-from arq.constants import default_queue_name
 from pydantic import BaseModel
+from sqlalchemy import make_url, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
-from service.model_configs.schemas import DEFAULT_KEY_ENV
+from service.datasets.service import ensure_starter
+from service.db.models import JobState, Judgement, Provider, Request, UnitState
+from service.db.session import create_engine, create_sessionmaker
+from service.jobs.schemas import JobCreate, JobFilters
+from service.jobs.service import create_job
+from service.model_configs.schemas import DEFAULT_KEY_ENV, ModelConfigCreate
+from service.model_configs.service import register
 from service.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, migrated_database
 
 K8S = ROOT / "k8s"
 KUSTOMIZATION = "kustomization.yaml"
@@ -33,6 +42,10 @@ EXAMPLE_SECRET = "secret.example.yaml"
 KUBERNETES_VERSION = "1.30"
 # Custom resources, checked by hand below (no schema ships for them).
 KEDA_API = "keda.sh/v1alpha1"
+# what KEDA's postgresql trigger would connect with if the metadata named it; ours comes from a Secret instead
+POSTGRES_CONNECTION_FIELDS = {
+    "connection", "connectionFromEnv", "host", "port", "userName", "password", "passwordFromEnv", "dbName", "sslmode"
+}  # fmt: skip
 IMAGE = "defeater"
 UID = 10001
 PLACEHOLDER = "CHANGE-ME"
@@ -176,22 +189,146 @@ def test_builtin_objects_validate_against_the_kubernetes_schemas(manifest: Manif
     assert version == KUBERNETES_VERSION
 
 
-def test_keda_scales_the_worker_on_the_arq_queue() -> None:
+def scaled_object() -> dict[str, Any]:
+    [scaled] = of_kind("ScaledObject")
+    spec: dict[str, Any] = scaled.doc["spec"]
+    return spec
+
+
+def test_keda_scales_the_worker_on_open_units_in_postgres() -> None:
     keda = [m for m in APPLIED if m.doc["apiVersion"] == KEDA_API]
     assert sorted(m.kind for m in keda) == ["ScaledObject", "TriggerAuthentication"]
-    scaled = of_kind("ScaledObject")[0].doc["spec"]
+    scaled = scaled_object()
     assert scaled["scaleTargetRef"]["name"] == workload("worker").name
     assert scaled["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
-    # at least one worker: the periodic reconcile that refills a lost Redis queue runs in a worker
+    # at least one worker: the periodic reconcile (expired leases, jobs to finish) runs in a worker
     assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
     [trigger] = scaled["triggers"]
-    assert trigger["type"] == "redis"
-    assert trigger["metadata"]["listName"] == default_queue_name == "arq:queue"
-    assert int(trigger["metadata"]["listLength"]) > 0
-    assert not {"address", "host", "password"} & trigger["metadata"].keys(), "connection details go through auth"
-    auth = of_kind("TriggerAuthentication")[0]
+    assert trigger["type"] == "postgresql", "Postgres is the ledger; arq's queue only carries wake-ups"
+    metadata = trigger["metadata"]
+    assert metadata["query"].lstrip().upper().startswith("SELECT")
+    assert float(metadata["targetQueryValue"]) > 0
+    assert float(metadata.get("activationTargetQueryValue", 0)) >= 0
+    # connection details go through the TriggerAuthentication, from the Secret, never in the trigger
+    assert not set(metadata) & POSTGRES_CONNECTION_FIELDS, "connection details belong to the TriggerAuthentication"
+    [auth] = of_kind("TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth.name
-    assert {ref["parameter"] for ref in auth.doc["spec"]["secretTargetRef"]} <= {"address", "password", "username"}
+    assert [(r["parameter"], r["name"], r["key"]) for r in auth.doc["spec"]["secretTargetRef"]] == [
+        ("connection", "defeater-database", "DEFEATER_DATABASE_URL")
+    ]
+
+
+def test_keda_reads_the_database_url_the_services_read() -> None:
+    [example] = [m for m in ALL if m.file == EXAMPLE_SECRET and m.name == "defeater-database"]
+    url = urlsplit(example.doc["stringData"]["DEFEATER_DATABASE_URL"])
+    # KEDA's scaler (pgx) takes a libpq URL as it is: no SQLAlchemy driver suffix such as +asyncpg
+    assert url.scheme in ("postgres", "postgresql") and url.hostname and url.path.strip("/")
+    assert not any(key.startswith("KEDA_") for m in ALL if m.kind == "Secret" for key in m.doc["stringData"])
+
+
+class Units(NamedTuple):
+    """How many of a job's requests and judgements are in each state."""
+
+    requests: dict[UnitState, int]
+    judgements: dict[UnitState, int]
+
+    @property
+    def open(self) -> int:
+        return sum(n for units in self for state, n in units.items() if state in OPEN_STATES)
+
+
+OPEN_STATES = (UnitState.pending, UnitState.leased)
+ALL_STATES = {UnitState.pending: 3, UnitState.leased: 2, UnitState.succeeded: 4, UnitState.failed: 1}
+
+
+@dataclass(frozen=True)
+class LedgerJob:
+    state: JobState
+    units: Units
+    paused_reason: str | None = None
+    counted: bool = False
+
+
+# Every kind of job the ledger holds; the query must count the open units of the first two only.
+LEDGER_JOBS = {
+    "running": LedgerJob(JobState.running, Units(ALL_STATES, {**ALL_STATES, UnitState.leased: 1}), counted=True),
+    "queued": LedgerJob(JobState.queued, Units({UnitState.pending: 5}, {}), counted=True),
+    "cancelled": LedgerJob(
+        JobState.cancelled, Units({UnitState.pending: 4, UnitState.leased: 1}, {UnitState.pending: 2})
+    ),
+    "paused": LedgerJob(
+        JobState.running, Units({UnitState.pending: 3}, {UnitState.pending: 1}), paused_reason="budget"
+    ),
+    "completed": LedgerJob(JobState.completed, Units({UnitState.succeeded: 2}, {UnitState.succeeded: 2})),
+    "failed": LedgerJob(JobState.failed, Units({UnitState.failed: 1, UnitState.pending: 1}, {})),
+}
+
+
+async def register_config(session: AsyncSession, name: str) -> uuid.UUID:
+    body = ModelConfigCreate(name=name, provider=Provider.openai, model="gpt-test")
+    return (await register(session, body)).config.id
+
+
+async def write_job(
+    session: AsyncSession, dataset_id: uuid.UUID, configs: tuple[uuid.UUID, uuid.UUID], job: LedgerJob
+) -> None:
+    """A job made by the service (its requests all pending), then moved to ``job``'s states."""
+    target, judge = configs
+    request_states = [state for state, count in job.units.requests.items() for _ in range(count)]
+    judgement_states = [state for state, count in job.units.judgements.items() for _ in range(count)]
+    assert len(judgement_states) <= len(request_states), "one judgement per request at most, here"
+    body = JobCreate(
+        dataset_id=dataset_id,
+        model_config_ids=[target],
+        judge_config_ids=[judge],
+        filters=JobFilters(limit=len(request_states)),
+    )
+    created = (await create_job(session, body, Settings())).job
+    requests = (await session.scalars(select(Request).where(Request.job_id == created.id))).all()
+    assert len(requests) == len(request_states), "the starter dataset has fewer cases than the test needs"
+    for request, state in zip(requests, request_states, strict=True):
+        request.state = state
+    for request, state in zip(requests, judgement_states, strict=False):
+        session.add(
+            Judgement(id=uuid.uuid4(), job_id=created.id, request_id=request.id, judge_config_id=judge, state=state)
+        )
+    created.state, created.paused_reason = job.state, job.paused_reason
+    await session.flush()
+
+
+@pytest.fixture(scope="module")
+async def ledger_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A Postgres database built by the project's migrations, holding every kind of job in LEDGER_JOBS."""
+    async with migrated_database("postgres", tmp_path_factory.mktemp("keda")) as url:
+        engine = create_engine(Settings(database_url=url), pooled=False)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                dataset = await ensure_starter(session)
+                configs = (await register_config(session, "keda-target"), await register_config(session, "keda-judge"))
+                for job in LEDGER_JOBS.values():
+                    await write_job(session, dataset.id, configs, job)
+                await session.commit()
+        finally:
+            await engine.dispose()
+        yield url
+
+
+@pytest.mark.postgres
+async def test_the_scaling_query_counts_the_open_units_of_the_jobs_being_worked_on(ledger_url: str) -> None:
+    query = scaled_object()["triggers"][0]["metadata"]["query"]
+    # as KEDA runs it: the manifest's text, as is, over a plain postgresql:// connection
+    conn = await asyncpg.connect(make_url(ledger_url).set(drivername="postgresql").render_as_string(False))
+    try:
+        rows = await conn.fetch(query)
+    finally:
+        await conn.close()
+    assert [len(row) for row in rows] == [1], "KEDA reads one value: one row, one column"
+    [[open_units]] = rows
+    assert isinstance(open_units, int)
+    # pending and leased requests and judgements of the running job (5 + 4) and of the queued one (5)
+    assert open_units == sum(job.units.open for job in LEDGER_JOBS.values() if job.counted) == 14
+    # cancelled, paused and finished jobs hold open units too, and they do not count
+    assert sum(job.units.open for job in LEDGER_JOBS.values()) > open_units
 
 
 # ---- workloads -----------------------------------------------------------------------------------------------
