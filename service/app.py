@@ -20,7 +20,9 @@ from service.db.session import create_engine, create_sessionmaker
 from service.gates.router import router as gates_router
 from service.jobs.events import router as job_events_router
 from service.jobs.router import router as jobs_router
+from service.jobs.status_cache import StatusCache
 from service.model_configs.router import router as model_configs_router
+from service.results.cache import ResultsCache
 from service.results.router import router as results_router
 from service.settings import Settings
 
@@ -69,6 +71,10 @@ def create_app(
         async with app.state.sessionmaker() as session:
             await ensure_starter(session)
             await session.commit()
+        # polls of running jobs are served from counts refreshed in the background (service/jobs/status_cache.py);
+        # not with a sessionmaker handed over (tests share one connection, which a background count would race)
+        app.state.status_cache = StatusCache(app.state.sessionmaker) if sessionmaker is None else None
+        app.state.results_cache = ResultsCache(sessionmaker=app.state.sessionmaker if sessionmaker is None else None)
         app.state.runner = None
         app.state.queue = None
         if settings.redis_url:
@@ -86,6 +92,9 @@ def create_app(
         try:
             yield
         finally:
+            if app.state.status_cache is not None:
+                await app.state.status_cache.close()
+            await app.state.results_cache.close()
             if app.state.runner is not None:
                 await app.state.runner.stop()
             if app.state.queue is not None:

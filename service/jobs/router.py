@@ -12,6 +12,7 @@ from service.db.models import JobState
 from service.deps import SessionDep, SettingsDep
 from service.jobs import repository, service
 from service.jobs.schemas import JobCreate, JobRead, JobSummary
+from service.jobs.status_cache import StatusCache
 from service.pagination import Page, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -63,9 +64,12 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead)
-async def read_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
-    """State, progress per phase and state, throughput, ETA, tokens, spend and errors by kind."""
-    return await service.read_job(session, await service.get_job(session, job_id))
+async def read_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobRead:
+    """State, progress per phase and state, throughput, ETA, tokens, spend and errors by kind. While the job runs,
+    its unit counts may be up to a second old; a finished job's are exact."""
+    job = await service.get_job(session, job_id)
+    cache: StatusCache | None = getattr(request.app.state, "status_cache", None)
+    return await (cache.read(session, job) if cache is not None else service.read_job(session, job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -226,21 +226,43 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job:
     return job
 
 
-async def read_job(session: AsyncSession, job: Job) -> JobRead:
-    """The job's status: state, progress by phase and state, throughput, ETA, tokens, spend, errors."""
+@dataclass(frozen=True)
+class Measured:
+    """What a job's status reads from its units, and when: the costly part of ``read_job``."""
+
+    at: datetime
+    seconds: float
+    units: repository.UnitSummary
+    links: dict[ConfigRole, list[uuid.UUID]]
+    answers: repository.Usage
+
+
+async def measure(session: AsyncSession, job: Job) -> Measured:
+    """Count the job's units by phase and state, its recent throughput, tokens and spend."""
     now = utcnow()
     window_start = max(now - THROUGHPUT_WINDOW, job.started_at or now)
     seconds = (now - window_start).total_seconds()
     units = await repository.unit_summary(session, job.id, window_start if seconds > 0 else None)
-    requests, judgements = units.requests, units.judgements
     links = await repository.config_ids(session, job.id)
-    answers, judge = await repository.answer_usage(session, job.id), units.judge_usage
+    return Measured(now, seconds, units, links, await repository.answer_usage(session, job.id))
+
+
+async def read_job(session: AsyncSession, job: Job) -> JobRead:
+    """The job's status: state, progress by phase and state, throughput, ETA, tokens, spend, errors."""
+    return compose(job, await measure(session, job))
+
+
+def compose(job: Job, measured: Measured) -> JobRead:
+    """The job's status from its row (read now) and its units (as ``measured``)."""
+    units, links = measured.units, measured.links
+    requests, judgements = units.requests, units.judgements
+    answers, judge = measured.answers, units.judge_usage
     tokens = Tokens(
         input=answers.input + judge.input, output=answers.output + judge.output, reasoning=answers.reasoning,
         cached=answers.cached,
     )  # fmt: skip
     cost = answers.cost_usd + judge.cost_usd
-    rate = units.finished_since / seconds if seconds > 0 else 0.0
+    rate = units.finished_since / measured.seconds if measured.seconds > 0 else 0.0
     judges = max(len(links[ConfigRole.judge]), 1)
     # every open request still owes its own call and one judgement per judge
     remaining = (requests.pending + requests.leased) * (1 + judges) + judgements.pending + judgements.leased

@@ -12,10 +12,17 @@ unit becoming final, or going back to pending) or stamps a newer ``updated_at``;
 move no count and are stamped no later than the newest stamp already seen (clocks of different hosts apart), so an
 entry of a job that is not final is never served more than ``RUNNING_MAX_AGE_S`` after it was computed. A final job's
 entry is checked against the version at every read (a cancelled job's calls in flight still land).
+
+With a sessionmaker of its own (the API's, when it owns its engine), the cache never makes a poll of a running job
+wait for a recomputation once it has an entry in the job's state: an entry older than ``RUNNING_FRESH_S`` is served
+once more while the figures are computed again in the background, one recomputation per job at a time. Figures
+are then as old as ``RUNNING_FRESH_S`` plus one recomputation; a change of the job's state is computed at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -23,11 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.models import Job, JobState
 from service.results import repository
 from service.results.service import Facts, build, read_facts
+
+log = logging.getLogger("defeater.api")
 
 RUNNING_FRESH_S = 5.0
 RUNNING_MAX_AGE_S = 10.0
@@ -49,7 +58,10 @@ class ResultsCache:
         max_jobs: int = MAX_JOBS,
         running_fresh_s: float = RUNNING_FRESH_S,
         running_max_age_s: float = RUNNING_MAX_AGE_S,
+        sessionmaker: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
+        self.sessionmaker = sessionmaker
+        self._refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
         self._max_jobs = max_jobs
         self._running_fresh_s = running_fresh_s
@@ -62,6 +74,41 @@ class ResultsCache:
         if entry is None or entry.key[0] != state or time.monotonic() - entry.computed_at >= self._running_fresh_s:
             return None
         return entry.body
+
+    def stale(self, job_id: uuid.UUID, state: str) -> bytes | None:
+        """With a sessionmaker: the entry of a job that is not final, computed in the same state, however old; one
+        older than ``running_fresh_s`` is computed again in the background meanwhile."""
+        entry = self._entries.get(job_id)
+        if self.sessionmaker is None or entry is None or entry.key[0] != state:
+            return None
+        if time.monotonic() - entry.computed_at >= self._running_fresh_s and job_id not in self._refreshing:
+            self._refreshing[job_id] = asyncio.create_task(self._refresh(job_id), name=f"results {job_id}")
+        return entry.body
+
+    async def _refresh(self, job_id: uuid.UUID) -> None:
+        assert self.sessionmaker is not None
+        try:
+            async with self.sessionmaker() as session:
+                job = await session.get(Job, job_id)
+                if job is not None:
+                    key = (JobState(job.state).value, *await repository.version(session, job.id))
+                    body = await anyio.to_thread.run_sync(_render, await read_facts(session, job))
+                    self.computed += 1
+                    self.put(job_id, key, body)
+        except Exception as exc:  # the next poll tries again; until then the last figures are served
+            log.warning("computing job %s's results failed (%s)", job_id, type(exc).__name__)
+        finally:
+            self._refreshing.pop(job_id, None)
+
+    async def settle(self) -> None:
+        """Wait for the recomputations running in the background (tests; shutdown)."""
+        while self._refreshing:
+            await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
+        await self.settle()
 
     def get(self, job_id: uuid.UUID, key: tuple[Any, ...], final: bool) -> bytes | None:
         """The entry computed at this version (of a job that is not final: less than ``running_max_age_s`` ago)."""
@@ -88,7 +135,7 @@ async def results_json(session: AsyncSession, job: Job, cache: ResultsCache) -> 
     """The job's results as the JSON body of ``GET /v1/jobs/{id}/results``: from the cache while the ledger is
     unchanged, otherwise computed (SQL on the loop, the rest in a thread) and kept."""
     state = JobState(job.state)
-    if not state.final and (body := cache.fresh(job.id, state.value)) is not None:
+    if not state.final and (body := cache.fresh(job.id, state.value) or cache.stale(job.id, state.value)):
         return body
     # the version is read before the facts: an entry may hold figures newer than its key, never older
     key = (state.value, *await repository.version(session, job.id))

@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["results"])
 
 
 def results_cache(request: Request) -> ResultsCache:
-    """The app's results cache, made on first use (one per API process)."""
+    """The app's results cache (one per API process; the lifespan makes it, or it is made on first use)."""
     state = request.app.state
     if getattr(state, "results_cache", None) is None:
         state.results_cache = ResultsCache()

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.app import create_app
 from service.db.models import Case, Family, Job, JobState, Judgement, Outcome, Request, Response, UnitState
 from service.results import repository
-from service.results.cache import ResultsCache
+from service.results.cache import ResultsCache, results_json
 from service.results.repository import Helped, pair_up
 from service.results.service import results
 from service.settings import Settings
@@ -188,3 +188,28 @@ def test_pairing_counts_every_two_configs_on_their_common_units() -> None:
     assert pairs[one, two] == (2, 0, 0, 0, 0)
     assert pairs[one, three] == (3, 1, 3, 0, 2)
     assert pairs[two, three] == (2, 0, 2, 0, 2)
+
+
+async def test_with_a_sessionmaker_a_running_job_never_waits_for_a_recomputation(
+    api: FastAPI, http: httpx.AsyncClient, session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    job = await _job(http)
+    job_id = uuid.UUID(job["id"])
+    pending = await _answer_all_but_one_judgement(session, job_id, uuid.UUID(job["judge_config_ids"][0]))
+    await session.execute(update(Job).where(Job.id == job_id).values(state=JobState.running))
+    await session.commit()
+    cache = ResultsCache(running_fresh_s=0.2, sessionmaker=sessionmaker)
+    row = await session.get(Job, job_id)
+    assert row is not None
+    first = await results_json(session, row, cache)
+    await session.execute(
+        update(Judgement).where(Judgement.id == pending)
+        .values(state=UnitState.succeeded, response_type="helps", engages_with_defeat=False, independent_harm=False)
+    )  # fmt: skip
+    await session.commit()
+    await asyncio.sleep(0.25)
+    # older than the window: the last figures at once, while they are computed again in the background
+    assert await results_json(session, row, cache) == first and cache.computed == 1
+    await cache.settle()
+    assert cache.computed == 2
+    assert json.loads(await results_json(session, row, cache)) == await _uncached(session, job_id) != json.loads(first)
