@@ -37,6 +37,9 @@ IDLE_TICK_S = 0.5
 # after a claim that found nothing, a lane waits this long before asking the database again, doubling to the cap
 QUIET_FIRST_S = 0.2
 QUIET_CAP_S = 1.0
+# after a claim that found fewer units than asked (they are arriving, e.g. answers to judge), a lane waits this long
+# before asking again, so that it leases them in batches rather than a query per unit
+PARTIAL_CLAIM_PAUSE_S = 0.25
 # with nothing in hand and units still open (leased by others), dead holders' leases are looked for this often
 RECLAIM_EVERY_S = 5.0
 # the database went away (a restart, a failover): calls in flight go on, and the loop tries again after this long
@@ -106,8 +109,10 @@ class _Lane:
         self.quiet_s = min(self.quiet_s * 2, QUIET_CAP_S) if self.quiet_s else QUIET_FIRST_S
         self.quiet_until = time.monotonic() + self.quiet_s
 
-    def found_some(self) -> None:
+    def found_some(self, all_asked: bool) -> None:
         self.quiet_s = 0.0
+        if not all_asked:
+            self.quiet_until = time.monotonic() + PARTIAL_CLAIM_PAUSE_S
 
 
 def _done(lane: _Lane, tasks: set[asyncio.Task[None]], wake: asyncio.Event, task: asyncio.Task[None]) -> None:
@@ -270,15 +275,15 @@ class EmbeddedExecutor:
             want = 2 * lane.target.concurrency - lane.in_flight - len(lane.queue)
             if want < max(1, lane.target.concurrency // 2) or time.monotonic() < lane.quiet_until:
                 continue
+            asked = min(want, settings.claim_batch)
             async with self.sessionmaker() as session:
                 claimed = await ledger.claim(
-                    session, lane.model, run.job_id, lane.target.id, min(want, settings.claim_batch), self.holder,
-                    settings.lease_s,
-                )  # fmt: skip
+                    session, lane.model, run.job_id, lane.target.id, asked, self.holder, settings.lease_s
+                )
                 if not claimed:
                     lane.found_nothing()
                     continue
-                lane.found_some()
+                lane.found_some(len(claimed) == asked)
                 writer.hold(lane.model, claimed)
                 if lane.judge:
                     contexts = await ledger.judge_contexts(session, [u.ref_id for u in claimed])

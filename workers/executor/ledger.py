@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, or_, select, update
+from sqlalchemy import Table, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.base import utcnow
@@ -71,41 +71,40 @@ class Claimed:
 Unit = type[Request] | type[Judgement]
 
 
+def _table(model: Unit) -> Table:
+    table: Table = model.__table__  # type: ignore[assignment]
+    return table
+
+
 def _config_column(model: Unit) -> Any:
-    return Request.model_config_id if model is Request else Judgement.judge_config_id
+    return _table(model).c.model_config_id if model is Request else _table(model).c.judge_config_id
 
 
 def _ref_columns(model: Unit) -> tuple[Any, Any]:
+    c = _table(model).c
     if model is Request:
-        return Request.case_id, Request.sample_index
-    return Judgement.request_id, literal(0)
+        return c.case_id, c.sample_index
+    return c.request_id, literal(0)
 
 
 def _lease(model: Unit, which: Any, holder: str, lease_s: float) -> Any:
-    """UPDATE ... SET leased ... RETURNING what a call needs, for the units ``which`` selects."""
+    """UPDATE ... SET leased ... RETURNING what a call needs, for the units ``which`` selects (Core, not the ORM's
+    bulk update: this runs for every batch a lane leases)."""
     now = utcnow()
+    table = _table(model)
+    c = table.c
     ref, sample = _ref_columns(model)
     return (
-        update(model)
-        .where(which, model.state == UnitState.pending, or_(model.not_before.is_(None), model.not_before <= now))
+        update(table)
+        .where(which, c.state == UnitState.pending.value, or_(c.not_before.is_(None), c.not_before <= now))
         .values(
-            state=UnitState.leased,
+            state=UnitState.leased.value,
             leased_by=holder,
             lease_expires_at=now + timedelta(seconds=lease_s),
-            attempts=model.attempts + 1,
+            attempts=c.attempts + 1,
             updated_at=now,
         )
-        .returning(
-            model.id,
-            ref,
-            sample,
-            model.attempts,
-            model.rate_limited,
-            model.error_repeats,
-            model.last_error,
-            model.job_id,
-        )  # fmt: skip
-        .execution_options(synchronize_session=False)
+        .returning(c.id, ref, sample, c.attempts, c.rate_limited, c.error_repeats, c.last_error, c.job_id)
     )
 
 
@@ -120,13 +119,14 @@ async def claim(
 ) -> list[Claimed]:
     """Lease up to ``limit`` due pending units of one config (SKIP LOCKED on Postgres). Commits."""
     now = utcnow()
+    c = _table(model).c
     due = (
-        select(model.id)
+        select(c.id)
         .where(
-            model.job_id == job_id,
+            c.job_id == job_id,
             _config_column(model) == config_id,
-            model.state == UnitState.pending,
-            or_(model.not_before.is_(None), model.not_before <= now),
+            c.state == UnitState.pending.value,
+            or_(c.not_before.is_(None), c.not_before <= now),
         )
         .limit(limit)
     )
@@ -134,9 +134,9 @@ async def claim(
         # a CTE computed once: as a plain IN (subquery), the planner may run the subquery again for every row it
         # joins, each time finding LIMIT other unlocked rows, and so lease far more than asked for
         chosen = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
-        which = model.id.in_(select(chosen.c.id))
+        which = c.id.in_(select(chosen.c.id))
     else:
-        which = model.id.in_(due.scalar_subquery())
+        which = c.id.in_(due.scalar_subquery())
     rows = (await session.execute(_lease(model, which, holder, lease_s))).all()
     await session.commit()
     return [Claimed(*row) for row in rows]
@@ -146,7 +146,7 @@ async def claim_one(
     session: AsyncSession, model: Unit, unit_id: uuid.UUID, holder: str, lease_s: float
 ) -> Claimed | None:
     """Lease one unit by id if it is pending and due (a queue task names its unit). Commits."""
-    row = (await session.execute(_lease(model, model.id == unit_id, holder, lease_s))).first()
+    row = (await session.execute(_lease(model, _table(model).c.id == unit_id, holder, lease_s))).first()
     await session.commit()
     return Claimed(*row) if row else None
 
