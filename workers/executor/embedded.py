@@ -30,7 +30,8 @@ from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
 
-# while calls are in flight or queued, the loop looks again at least this often (and at once when a call ends)
+# while calls are in flight the loop looks again when one ends, when a lane may lease again, or for the job's check;
+# never sooner than this after the last look
 TICK_S = 0.05
 # with nothing in hand: how often the job's state is checked and whether it is done
 IDLE_TICK_S = 0.5
@@ -39,7 +40,7 @@ QUIET_FIRST_S = 0.2
 QUIET_CAP_S = 1.0
 # after a claim that found fewer units than asked (they are arriving, e.g. answers to judge), a lane waits this long
 # before asking again, so that it leases them in batches rather than a query per unit
-PARTIAL_CLAIM_PAUSE_S = 0.25
+PARTIAL_CLAIM_PAUSE_S = 0.5
 # with nothing in hand and units still open (leased by others), dead holders' leases are looked for this often
 RECLAIM_EVERY_S = 5.0
 # the database went away (a restart, a failover): calls in flight go on, and the loop tries again after this long
@@ -100,6 +101,14 @@ class _Lane:
         # after claims that found nothing, wait a little (longer each time) before asking the database again
         self.quiet_until = 0.0
         self.quiet_s = 0.0
+
+    def want(self) -> int:
+        """How many more units the lane would hold: up to twice its concurrency in hand."""
+        return 2 * self.target.concurrency - self.in_flight - len(self.queue)
+
+    def batch_floor(self) -> int:
+        """The lane leases again once it wants at least this many (half its concurrency), so in batches."""
+        return max(1, self.target.concurrency // 2)
 
     @property
     def pool(self) -> str:
@@ -228,7 +237,7 @@ class EmbeddedExecutor:
             await self._refill(run, writer)
             self._start(run, writer)
         if self._calls:
-            await _wait(run.wake, TICK_S)
+            await _wait(run.wake, self._next_look(run))
             return None
         if any(lane.queue for lane in run.lanes):
             await asyncio.sleep(TICK_S)
@@ -268,12 +277,22 @@ class EmbeddedExecutor:
             await ledger.set_job(session, job_id, paused_reason="budget")
         return "paused"
 
+    def _next_look(self, run: _Run) -> float:
+        """Seconds until the loop has something to do that no ending call will wake it for: the job's check, or a
+        lane that wants units and may ask for them again."""
+        now = time.monotonic()
+        due = run.checked_at + IDLE_TICK_S
+        for lane in run.lanes:
+            if lane.want() >= lane.batch_floor():
+                due = min(due, lane.quiet_until)
+        return min(max(due - now, TICK_S), IDLE_TICK_S)
+
     async def _refill(self, run: _Run, writer: ResultWriter) -> None:
         """Lease more units for lanes whose queue runs low: up to twice the lane's concurrency in hand."""
         settings = self.runtime.settings.executor
         for lane in run.lanes:
-            want = 2 * lane.target.concurrency - lane.in_flight - len(lane.queue)
-            if want < max(1, lane.target.concurrency // 2) or time.monotonic() < lane.quiet_until:
+            want = lane.want()
+            if want < lane.batch_floor() or time.monotonic() < lane.quiet_until:
                 continue
             asked = min(want, settings.claim_batch)
             async with self.sessionmaker() as session:
