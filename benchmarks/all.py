@@ -6,7 +6,7 @@ Runs, in order (each starts and stops what it needs; nothing else should use the
   in-flight    ceiling.py --in-flight: one worker, 10 s latency, thousands of calls in flight
   limit-600    fleet.py: 2 models at 600 RPM for two windows (1,200 calls each) + judge, 3 workers
   limit-6000   fleet.py: 2 models at 6,000 RPM for one window (6,000 calls each) + judge, 3 workers
-  limit-tpm    fleet.py: 2 models at 6,000 RPM and a TPM limit that binds first, 3 workers
+  limit-tpm    fleet.py: 2 models at 6,000 RPM and 120,000 TPM (binds first: ~210 tokens a call), 600 calls each
   study        study.py: the study x 6 replayed models at 600 RPM each + judge, API latency sampled meanwhile
   peer-ceiling peer.py: inspect_ai on the ceiling scenario
   peer-limit   peer.py: inspect_ai on limit-600
@@ -32,9 +32,9 @@ import peer
 import study
 
 # cases (ceiling, peer ceiling), calls per model at 600 and 6,000 RPM, study subset (None: all), in-flight cases
-FULL = {"ceiling": 5000, "limit_600": 1200, "limit_6000": 6000, "study": None, "in_flight": 2000}
-QUICK = {"ceiling": 300, "limit_600": 150, "limit_6000": 600, "study": 100, "in_flight": 300}
-TPM_LIMIT = 60_000
+FULL = {"ceiling": 5000, "limit_600": 1200, "limit_6000": 6000, "limit_tpm": 600, "study": None, "in_flight": 2000}
+QUICK = {"ceiling": 300, "limit_600": 150, "limit_6000": 600, "limit_tpm": 100, "study": 100, "in_flight": 300}
+TPM_LIMIT = 120_000
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ STEPS = [
     Step("limit-6000", lambda s: _ours(fleet, ["--rpm", "6000", "--calls", str(s["limit_6000"])])),
     Step(
         "limit-tpm",
-        lambda s: _ours(fleet, ["--rpm", "6000", "--tpm", str(TPM_LIMIT), "--calls", str(s["limit_600"])]),
+        lambda s: _ours(fleet, ["--rpm", "6000", "--tpm", str(TPM_LIMIT), "--calls", str(s["limit_tpm"])]),
     ),
     Step("study", lambda s: _ours(study, [] if s["study"] is None else ["--limit", str(s["study"])])),
     Step("peer-ceiling", lambda s: _peer(peer.measure_ceiling(s["ceiling"]))),
@@ -93,6 +93,7 @@ TARGETS = [
     Target("CPU ms per call at 600 RPM", "limit-600", "cpu_ms_per_call", None, False, "peer-limit"),
     Target("achieved / limit at 6,000 RPM", "limit-6000", "achieved_over_limit", 0.98, True),
     Target("429s per 1,000 calls at 6,000 RPM", "limit-6000", "429_per_1000_calls", 5, False),
+    Target("achieved / limit under a TPM limit", "limit-tpm", "achieved_over_limit", 0.98, True),
     Target("429s per 1,000 calls under a TPM limit", "limit-tpm", "429_per_1000_calls", 5, False),
     Target("study-scale wall / floor", "study", "wall_over_floor", 1.1, False),
     Target("study-scale CPU ms per call", "study", "cpu_ms_per_call", 4.0, False),
