@@ -182,3 +182,12 @@ async def test_a_pool_never_makes_more_clients_than_its_connections_allow() -> N
     # two clients of three connections: never more than six calls in flight; the others waited for a connection
     assert clients == 2
     assert book["successes"] == 10 and book["peak_concurrency"] == 6
+
+
+async def test_every_client_of_the_process_shares_one_tls_context(adapters: Adapters) -> None:
+    async with FakeProvider(FakeConfig()) as fake:
+        pools = [adapters.get(endpoint(fake, provider)) for provider in ("openai", "anthropic", "google")]
+    contexts = {id(pool.options.ssl_context) for pool in pools if isinstance(pool, PooledAdapter)}
+    # each TLS context holds its own copy of the CA certificates: dozens of clients must not mean dozens of copies
+    assert len(contexts) == 1 and all(isinstance(pool, PooledAdapter) for pool in pools)
+    assert all(pool.options.ssl_context is not None for pool in pools if isinstance(pool, PooledAdapter))

@@ -35,7 +35,7 @@ def build_client(options: AdapterOptions) -> anthropic.AsyncAnthropic:
         max_retries=0,
         timeout=timeout,
         default_headers=options.extra_headers or None,
-        http_client=anthropic.DefaultAsyncHttpxClient(limits=options.limits(), timeout=timeout),
+        http_client=anthropic.DefaultAsyncHttpxClient(**options.http_options()),
     )
 
 

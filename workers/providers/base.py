@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
+import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -145,10 +146,20 @@ class AdapterOptions:
     timeout_s: float
     max_connections: int
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # one TLS context for every client of the process: each context holds its own copy of the CA certificates, and
+    # an endpoint may have dozens of clients (workers/providers/pool.py)
+    ssl_context: ssl.SSLContext | None = None
 
     def limits(self) -> httpx2.Limits:
         """A pool as large as the concurrency (a full pool queues calls behind our own connections)."""
         return httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+
+    def http_options(self) -> dict[str, Any]:
+        """Keyword arguments for the adapter's httpx client: pool, timeout and the shared TLS context."""
+        options: dict[str, Any] = {"limits": self.limits(), "timeout": self.timeout()}
+        if self.ssl_context is not None:
+            options["verify"] = self.ssl_context
+        return options
 
     def timeout(self) -> httpx2.Timeout:
         return httpx2.Timeout(self.timeout_s, connect=10.0)

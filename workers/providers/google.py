@@ -51,7 +51,7 @@ class GoogleAdapter(Adapter):
 
     def __init__(self, options: AdapterOptions) -> None:
         # ours to close: the SDK does not close a client it was given
-        self.http = httpx2.AsyncClient(limits=options.limits(), timeout=options.timeout())
+        self.http = httpx2.AsyncClient(**options.http_options())
         self.client = build_client(options, self.http)
 
     async def aclose(self) -> None:

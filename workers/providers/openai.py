@@ -32,7 +32,7 @@ def build_client(options: AdapterOptions) -> openai.AsyncOpenAI:
         max_retries=0,
         timeout=timeout,
         default_headers=options.extra_headers or None,
-        http_client=openai.DefaultAsyncHttpxClient(limits=options.limits(), timeout=timeout),
+        http_client=openai.DefaultAsyncHttpxClient(**options.http_options()),
     )
 
 

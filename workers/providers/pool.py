@@ -29,6 +29,11 @@ class PooledAdapter(Adapter):
         self.clients: list[Adapter] = []
         self._in_flight: list[int] = []
 
+    @property
+    def options(self) -> AdapterOptions:
+        """How each of its clients is built."""
+        return self._options
+
     def _pick(self) -> int:
         """The client with the fewest calls in flight; a new one when every client's pool is full."""
         best = min(range(len(self.clients)), key=self._in_flight.__getitem__, default=None)

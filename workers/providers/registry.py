@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
+
+import httpx2
 
 from service.settings import ProviderSettings
 from workers.providers import errors as e
@@ -49,6 +52,7 @@ class Adapters:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self._adapters: dict[Endpoint, Adapter] = {}
+        self._ssl_context: ssl.SSLContext | None = None
 
     def get(self, endpoint: Endpoint) -> Adapter:
         """The adapter for an endpoint; raises a permanent ProviderError when it cannot be used."""
@@ -62,11 +66,14 @@ class Adapters:
         host = urlparse(url).hostname or ""
         if self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
             raise ProviderError("host_not_allowed", f"calls to {host!r} are not allowed here")
+        if self._ssl_context is None:
+            self._ssl_context = httpx2.create_ssl_context()
         options = AdapterOptions(
             base_url=endpoint.base_url,
             api_key=self._key(endpoint),
             timeout_s=self.settings.timeout_s,
             max_connections=self.settings.max_connections,
+            ssl_context=self._ssl_context,
         )
         build = _factory(endpoint)
         return PooledAdapter(endpoint.provider, build, options, self.settings.connections_per_client)
