@@ -28,6 +28,9 @@ from workers.limits import TOKEN_WINDOW_S
 KEY_PREFIX = "defeater:limit:"
 # slots are booked at most this far ahead
 HORIZON_S = 1.0
+# slots of the last this many seconds that nobody booked (this worker's calls came a little late) may still be
+# booked, while the key is in use: at 0.99 of the limit a sliding 60 s window then sees at most 0.99 + 0.25/60 of it
+CATCH_UP_S = 0.25
 # while Redis cannot be reached, waiting calls keep waiting and the pacer tries again after this long
 REDIS_RETRY_S = 0.5
 # a budget without limits looks for a pause of its key (a 429 another worker met) at most this often
@@ -36,10 +39,12 @@ PAUSE_CHECK_S = 0.5
 log = logging.getLogger("defeater.limits")
 
 # KEYS: requests TAT, tokens TAT, paused-until.  ARGV: seconds per request (0: none), seconds per token (0: none),
-# tokens, token burst (seconds), horizon (seconds), calls waiting.  Returns "R<wait>:<n>" (n slots are reserved, the
-# first in <wait> seconds and the others one request interval apart; n > 1 only without a token limit), "P<wait>"
-# (the key is paused for <wait> seconds) or "L<wait>" (no slot within the horizon: ask again when half of it is free,
-# so that a process with many calls waiting books them half a horizon at a time).
+# tokens, token burst (seconds), horizon (seconds), calls waiting, catch-up (seconds).  Returns "R<wait>:<n>" (n slots
+# are reserved, the first in <wait> seconds (in the past: at once) and the others one request interval apart; n > 1
+# only without a token limit), "P<wait>" (the key is paused for <wait> seconds) or "L<wait>" (no slot within the
+# horizon: ask again when half of it is free, so that a process with many calls waiting books them half a horizon at
+# a time). Slots of the last <catch-up> seconds nobody booked are booked still, but only while the key is in use:
+# a key idle for longer starts from now, never with a burst.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -51,7 +56,10 @@ local horizon = tonumber(ARGV[5])
 local per_request = tonumber(ARGV[1])
 local per_token = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
-local request_tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local request_tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if request_tat < now - tonumber(ARGV[7]) then
+  request_tat = now
+end
 local token_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now - tonumber(ARGV[4]))
 local wait = 0
 if per_request > 0 then
@@ -180,7 +188,15 @@ class RedisKeyLimits:
                 self._waiting.popleft()
                 continue
             calls = 1 if self.tpm else sum(1 for _, future in self._waiting if not future.done())
-            args: list[Any] = [self._per_request(), self._per_token(), tokens, TOKEN_WINDOW_S, HORIZON_S, calls]
+            args: list[Any] = [
+                self._per_request(),
+                self._per_token(),
+                tokens,
+                TOKEN_WINDOW_S,
+                HORIZON_S,
+                calls,
+                CATCH_UP_S,
+            ]
             try:
                 reply = await self._acquire(keys=self.keys, args=args)
             except Exception as exc:  # no Redis, no fleet-wide limit: calls wait rather than risk a 429 storm
@@ -191,7 +207,7 @@ class RedisKeyLimits:
             kind, rest = text[0], text[1:]
             if kind == "R":
                 wait, _, count = rest.partition(":")
-                self._hand_out(loop, max(float(wait), 0.0), int(count or 1), float(args[0]))
+                self._hand_out(loop, float(wait), int(count or 1), float(args[0]))
                 continue
             seconds = max(float(rest), 0.0)
             if kind == "P":
@@ -200,14 +216,14 @@ class RedisKeyLimits:
 
     def _hand_out(self, loop: asyncio.AbstractEventLoop, wait: float, count: int, interval: float) -> None:
         """Hand ``count`` reserved slots to the calls first in line: the first in ``wait`` seconds, the others one
-        request interval apart."""
+        request interval apart (slots already past are handed out at once)."""
         for i in range(count):
             while self._waiting and self._waiting[0][1].done():
                 self._waiting.popleft()
             if not self._waiting:
                 return  # calls cancelled meanwhile: their slots go unused
             _, granted = self._waiting.popleft()
-            loop.call_later(wait + i * interval, _grant, granted)
+            loop.call_later(max(wait + i * interval, 0.0), _grant, granted)
 
     async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Correct the reserved tokens by the call's real usage (best effort: Redis may be away)."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from workers.limits_redis import HORIZON_S, KEY_PREFIX, RedisKeyLimits, RedisLimits
+from workers.limits_redis import CATCH_UP_S, HORIZON_S, KEY_PREFIX, RedisKeyLimits, RedisLimits
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # one worker process: acquire N slots on a key and print when each was granted
@@ -144,3 +144,16 @@ async def test_an_unlimited_budget_asks_redis_nothing_per_call(redis: Redis) -> 
     round_trips = _count_round_trips(limits)
     await asyncio.gather(*(limits.acquire(1) for _ in range(200)))
     assert round_trips[0] == 1  # one look for a fleet-wide pause
+
+
+async def test_slots_missed_a_moment_ago_are_caught_up_but_an_idle_key_never_bursts(redis: Redis) -> None:
+    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", 1200, None)  # one call every 50 ms
+    await limits.acquire(1)
+    await asyncio.sleep(0.2)  # four slots went by unbooked, within CATCH_UP_S
+    started = time.monotonic()
+    await asyncio.gather(*(limits.acquire(1) for _ in range(4)))
+    assert time.monotonic() - started < 0.05  # taken at once: the rate over the last quarter second is kept
+    await asyncio.sleep(CATCH_UP_S + 0.5)  # idle for longer: the key starts from now again
+    started = time.monotonic()
+    await asyncio.gather(*(limits.acquire(1) for _ in range(4)))
+    assert time.monotonic() - started >= 3 * 0.05 * 0.9  # paced, no burst
