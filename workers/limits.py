@@ -11,6 +11,7 @@ never eats the target calls' rate and the other way round; a 429 pauses the prov
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Protocol
 
@@ -19,8 +20,39 @@ from aiolimiter import AsyncLimiter
 TOKEN_WINDOW_S = 6.0  # the token bucket holds this many seconds' worth of the TPM limit
 
 
+# calls settled on a budget before its token estimate follows their real usage, and the margin kept above it
+LEARN_AFTER = 5
+ESTIMATE_MARGIN = 1.25
+
+
+class TokenEstimate:
+    """What a call on one budget is expected to use, for a TPM limit: the caller's upper bound (the prompt plus the
+    output allowance, often max_tokens) until ``LEARN_AFTER`` calls have settled, then ``ESTIMATE_MARGIN`` times the
+    running mean of their real usage, never above the bound. Reserving thousands of tokens for a call that uses two
+    hundred held a TPM budget to a fraction of its limit until each call settled; ``settle`` still corrects every
+    reservation by the call's real usage."""
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.seen = 0
+
+    def of(self, upper: int) -> int:
+        if self.seen < LEARN_AFTER:
+            return upper
+        return min(upper, math.ceil(self.mean * ESTIMATE_MARGIN))
+
+    def observe(self, actual: int) -> None:
+        self.seen += 1
+        weight = max(1.0 / self.seen, 0.05)  # the plain mean at first, then a slowly moving one
+        self.mean += (actual - self.mean) * weight
+
+
 class KeyLimiter(Protocol):
     """What a call needs from its key's limits, local (this process) or fleet-wide (Redis)."""
+
+    def estimate(self, upper: int) -> int:
+        """The tokens to reserve for a call whose use is at most ``upper`` (``acquire`` and ``settle`` take it)."""
+        ...
 
     async def acquire(self, estimated_tokens: int) -> None: ...
 
@@ -52,7 +84,11 @@ class KeyLimits:
         self._requests: AsyncLimiter | None = None
         self._tokens: AsyncLimiter | None = None
         self._changed = asyncio.Event()
+        self.tokens = TokenEstimate()
         self.update(rpm, tpm)
+
+    def estimate(self, upper: int) -> int:
+        return self.tokens.of(upper) if self.tpm else upper
 
     def update(self, rpm: int | None, tpm: int | None) -> None:
         """Apply new limits (they can change while a job runs); waiting calls start over under them."""
@@ -98,6 +134,8 @@ class KeyLimits:
 
     async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Correct the token estimate by the call's real usage (a shortfall is taken from the next call)."""
+        if actual_tokens is not None:
+            self.tokens.observe(actual_tokens)
         if self._tokens is not None and actual_tokens is not None:
             self.token_debt += actual_tokens - estimated_tokens
 

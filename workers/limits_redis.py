@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from workers.limits import TOKEN_WINDOW_S
+from workers.limits import TOKEN_WINDOW_S, TokenEstimate
 
 KEY_PREFIX = "defeater:limit:"
 # slots are booked at most this far ahead
@@ -142,6 +142,10 @@ class RedisKeyLimits:
         self._pacer: asyncio.Task[None] | None = None
         # a pause this process knows of (its own 429s, or one the pacer met), checked again just before a call
         self._paused_until = 0.0
+        self.tokens = TokenEstimate()
+
+    def estimate(self, upper: int) -> int:
+        return self.tokens.of(upper) if self.tpm else upper
 
     def update(self, rpm: int | None, tpm: int | None) -> None:
         self.rpm, self.tpm = rpm, tpm
@@ -227,6 +231,8 @@ class RedisKeyLimits:
 
     async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Correct the reserved tokens by the call's real usage (best effort: Redis may be away)."""
+        if actual_tokens is not None:
+            self.tokens.observe(actual_tokens)
         if self.tpm and actual_tokens is not None and actual_tokens != estimated_tokens:
             try:
                 await self._settle(keys=self.keys[1:2], args=[self._per_token(), actual_tokens - estimated_tokens])

@@ -181,8 +181,8 @@ async def _call(
     runtime: Runtime, stats: Stats, target: Target, spec: CallSpec, pool: str = "target"
 ) -> CallResult | ProviderError:
     """One call under the target's key limits; every failure comes back as a ProviderError, never raised."""
-    estimate = spec.estimated_tokens()
     key_limits = runtime.key_limits(target, pool)
+    estimate = key_limits.estimate(spec.estimated_tokens())
     stats.in_flight += 1
     try:
         adapter = runtime.adapters.get(target.endpoint)

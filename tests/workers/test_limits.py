@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from workers.limits import KeyLimits, Limits
+import pytest
+
+from workers.limits import LEARN_AFTER, KeyLimits, Limits, TokenEstimate
 
 
 async def test_rpm_is_paced_evenly_not_in_bursts() -> None:
@@ -60,3 +62,25 @@ async def test_target_and_judge_traffic_have_separate_budgets_but_share_a_pause(
     paused = source.for_key("k", None, None, pool="judge")
     await paused.acquire(1)
     assert time.monotonic() - started >= 0.28
+
+
+@pytest.mark.parametrize("tpm", [60_000, None])
+async def test_a_tpm_budget_reserves_what_calls_really_use_once_it_has_seen_some(tpm: int | None) -> None:
+    limits = Limits(safety=1.0).for_key("k", None, tpm)
+    assert limits.estimate(2_050) == 2_050  # nothing seen yet: the caller's bound (prompt plus max_tokens)
+    for _ in range(LEARN_AFTER):
+        await limits.settle(limits.estimate(2_050), 200)
+    # with a TPM limit, 1.25 x the mean of what the calls used (never above the bound); without one, no need
+    assert limits.estimate(2_050) == (250 if tpm else 2_050)
+    assert limits.estimate(100) == 100
+
+
+def test_the_estimate_follows_a_change_in_usage_slowly() -> None:
+    estimate = TokenEstimate()
+    for _ in range(50):
+        estimate.observe(200)
+    estimate.observe(10_000)  # one long answer moves it a little, not to 10,000
+    assert 250 < estimate.of(100_000) < 1_000
+    for _ in range(200):
+        estimate.observe(1_000)
+    assert estimate.of(100_000) == pytest.approx(1_250, rel=0.02)

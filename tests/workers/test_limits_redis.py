@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from workers.limits import LEARN_AFTER
 from workers.limits_redis import CATCH_UP_S, HORIZON_S, KEY_PREFIX, RedisKeyLimits, RedisLimits
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -157,3 +158,13 @@ async def test_slots_missed_a_moment_ago_are_caught_up_but_an_idle_key_never_bur
     started = time.monotonic()
     await asyncio.gather(*(limits.acquire(1) for _ in range(4)))
     assert time.monotonic() - started >= 3 * 0.05 * 0.9  # paced, no burst
+
+
+async def test_a_fleet_tpm_budget_reserves_what_calls_really_use_once_it_has_seen_some(redis: Redis) -> None:
+    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", None, 60_000)
+    assert limits.estimate(2_050) == 2_050
+    for _ in range(LEARN_AFTER):
+        estimate = limits.estimate(2_050)
+        await limits.acquire(estimate)
+        await limits.settle(estimate, 200)
+    assert limits.estimate(2_050) == 250
