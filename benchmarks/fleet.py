@@ -31,6 +31,7 @@ import scenario
 
 PROVIDERS = ("openai", "anthropic")
 JUDGE_MODEL = "judge-g"
+JUDGE_CONCURRENCY = 200
 REDIS_DB = 6
 RATE_WARNING = 0.95
 
@@ -78,7 +79,10 @@ def prepare(client: httpx.Client, opts: Options, fake: str) -> dict[str, Any]:
     ]
     body: dict[str, Any] = {"dataset_id": dataset, "model_config_ids": targets}
     if opts.judge:
-        judge = scenario.config_body(f"judge-{tag}", "google", JUDGE_MODEL, fake, {})
+        # the judge model has no limit: let each worker keep up to 200 of its calls in flight, so that judging keeps
+        # pace with two models at their limit (the default, 32 a worker, trails at 6,000 RPM)
+        limits = {"max_concurrency": JUDGE_CONCURRENCY}
+        judge = scenario.config_body(f"judge-{tag}", "google", JUDGE_MODEL, fake, limits)
         body["judge_config_ids"] = [scenario.register(client, judge)]
     return body
 
