@@ -80,6 +80,8 @@ class Target:
     bound: float | None
     higher_is_better: bool
     peer: str | None = None
+    # False where inspect_ai's figure is shown but a ratio would mislead: past the limit is not better (see the note)
+    ratio: bool = True
 
 
 TARGETS = [
@@ -87,9 +89,9 @@ TARGETS = [
     Target("CPU ms per call at the ceiling", "ceiling", "cpu_ms_per_call", 4.0, False, "peer-ceiling"),
     Target("calls in flight in one worker", "in-flight", "peak_in_flight", 2000, True),
     Target("that worker's peak RSS, MB", "in-flight", "worker_peak_rss_mb", 400, False),
-    Target("achieved / limit at 600 RPM", "limit-600", "achieved_over_limit", 0.98, True, "peer-limit"),
+    Target("achieved / limit at 600 RPM", "limit-600", "achieved_over_limit", 0.98, True, "peer-limit", ratio=False),
     Target("429s per 1,000 calls at 600 RPM", "limit-600", "429_per_1000_calls", 5, False, "peer-limit"),
-    Target("wall / floor at 600 RPM", "limit-600", "wall_over_floor", None, False, "peer-limit"),
+    Target("wall / floor at 600 RPM", "limit-600", "wall_over_floor", None, False, "peer-limit", ratio=False),
     Target("CPU ms per call at 600 RPM", "limit-600", "cpu_ms_per_call", None, False, "peer-limit"),
     Target("achieved / limit at 6,000 RPM", "limit-6000", "achieved_over_limit", 0.98, True),
     Target("429s per 1,000 calls at 6,000 RPM", "limit-6000", "429_per_1000_calls", 5, False),
@@ -123,7 +125,8 @@ def summary(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         ours = results[t.scenario].get(t.key)
         theirs = results.get(t.peer or "", {}).get(t.key) if t.peer else None
-        rows.append({"figure": t.label, "ours": ours, "inspect_ai": theirs, "better_by": _ratio(t, ours, theirs),
+        better = _ratio(t, ours, theirs) if t.ratio else ""
+        rows.append({"figure": t.label, "ours": ours, "inspect_ai": theirs, "better_by": better,
                      "target": t.bound, "verdict": _met(t, ours)})  # fmt: skip
     return rows
 
@@ -136,6 +139,10 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         cells = [_cell(row["ours"]), _cell(row["inspect_ai"]), row["better_by"], _cell(row["target"])]
         print(f"{row['figure']:<46} {cells[0]:>10} {cells[1]:>11} {cells[2]:>10} {cells[3]:>8} {row['verdict']:>8}")
+    print(
+        "inspect_ai does not pace: against the fake's sliding 60 s window it sends a window's worth at once, so its\n"
+        "achieved / limit goes above 1 and its wall under the floor, paid for in 429s; no ratio is given for those."
+    )
 
 
 def _cell(value: Any) -> str:
