@@ -3,9 +3,9 @@
 Run: .venv/bin/python benchmarks/all.py [--quick] [--only NAME ...] [--json FILE]
 Runs, in order (each starts and stops what it needs; nothing else should use the machine meanwhile):
   ceiling      ceiling.py: no limit, 1 s latency, 5,000 cases x 2 targets + judge, 3 workers
-  in-flight    ceiling.py --in-flight: one worker, 10 s latency, thousands of calls in flight
+  in-flight    ceiling.py --in-flight: one worker, 10 s latency, 2 x 1,250 calls in flight at once
   limit-600    fleet.py: 2 models at 600 RPM for two windows (1,200 calls each) + judge, 3 workers
-  limit-6000   fleet.py: 2 models at 6,000 RPM for one window (6,000 calls each) + judge, 3 workers
+  limit-6000   fleet.py: 2 models at 6,000 RPM for one window (6,000 calls each, 100 in hand per worker) + judge
   limit-tpm    fleet.py: 2 models at 6,000 RPM and 120,000 TPM (binds first: ~210 tokens a call), 600 calls each
   study        study.py: the study x 6 replayed models at 600 RPM each + judge, API latency sampled meanwhile
   peer-ceiling peer.py: inspect_ai on the ceiling scenario
@@ -57,9 +57,16 @@ def _peer(result: dict[str, Any]) -> dict[str, Any]:
 
 STEPS = [
     Step("ceiling", lambda s: _ours(ceiling, ["--cases", str(s["ceiling"])])),
-    Step("in-flight", lambda s: _ours(ceiling, ["--in-flight", "--cases", str(s["in_flight"])])),
+    # 2 x 1,250 target calls in flight at once, then the judge's: the target of 2,000 in one worker, with room
+    Step(
+        "in-flight", lambda s: _ours(ceiling, ["--in-flight", "--cases", str(s["in_flight"]), "--concurrency", "1250"])
+    ),
     Step("limit-600", lambda s: _ours(fleet, ["--rpm", "600", "--calls", str(s["limit_600"])])),
-    Step("limit-6000", lambda s: _ours(fleet, ["--rpm", "6000", "--calls", str(s["limit_6000"])])),
+    # 100 calls a second per model at ~0.5 s: each worker may keep 100 of a model's calls in hand (the default 32
+    # leaves half a second of calls waiting for slots, which a busy machine's scheduling can run dry)
+    Step(
+        "limit-6000", lambda s: _ours(fleet, ["--rpm", "6000", "--calls", str(s["limit_6000"]), "--concurrency", "100"])
+    ),
     Step(
         "limit-tpm",
         lambda s: _ours(fleet, ["--rpm", "6000", "--tpm", str(TPM_LIMIT), "--calls", str(s["limit_tpm"])]),

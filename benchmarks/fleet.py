@@ -2,7 +2,7 @@
 several models at their RPM limit together, without 429s and without a call being answered twice?
 
 Run: .venv/bin/python benchmarks/fleet.py [--rpm 600] [--tpm N] [--calls 600] [--models 2] [--workers 3]
-                                          [--latency 0.5] [--no-judge] [--keep] [--timeout S]
+                                          [--concurrency C] [--latency 0.5] [--no-judge] [--keep] [--timeout S]
 Everything runs as child processes of this script: a fresh Postgres database (dropped afterwards) and Redis db 6
 (flushed before and after), the fake provider (each target model limited to RPM, and TPM if given; the judge
 unlimited), `defeater api` and the workers. Through the REST API it imports CALLS distinct cases, registers MODELS
@@ -47,6 +47,7 @@ class Options:
     judge: bool
     keep: bool
     timeout: float | None
+    concurrency: int | None = None
 
     @property
     def floor_s(self) -> float:
@@ -61,6 +62,10 @@ class Options:
     def limits(self) -> dict[str, int]:
         return {"rpm": self.rpm} | ({"tpm": self.tpm} if self.tpm else {})
 
+    def config_limits(self) -> dict[str, int]:
+        """The targets' registered limits: the fake's, and the calls each worker may keep in flight if given."""
+        return self.limits() | ({"max_concurrency": self.concurrency} if self.concurrency else {})
+
 
 def fake_config(opts: Options) -> dict[str, Any]:
     return {
@@ -74,7 +79,7 @@ def prepare(client: httpx.Client, opts: Options, fake: str) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     dataset = scenario.import_dataset(client, f"fleet-{tag}", harness.study_cases(opts.calls))
     targets = [
-        scenario.register(client, scenario.config_body(f"fleet-{i}-{tag}", provider, model, fake, opts.limits()))
+        scenario.register(client, scenario.config_body(f"fleet-{i}-{tag}", provider, model, fake, opts.config_limits()))
         for i, (provider, model) in enumerate(opts.targets())
     ]
     body: dict[str, Any] = {"dataset_id": dataset, "model_config_ids": targets}
@@ -170,6 +175,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--models", type=int, default=2, help="target models (OpenAI and Anthropic in turn)")
     parser.add_argument("--workers", type=int, default=3, help="`defeater worker` processes")
     parser.add_argument("--latency", type=float, default=0.5, help="mean fake latency, seconds")
+    parser.add_argument("--concurrency", type=int, default=None, help="the targets' max_concurrency (per worker)")
     parser.add_argument("--no-judge", action="store_true", help="register no judge (see above)")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the job (3x floor + 120)")
@@ -184,6 +190,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         judge=not args.no_judge,
         keep=args.keep,
         timeout=args.timeout,
+        concurrency=args.concurrency,
     )
 
 
