@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from workers.limits import TokenEstimate
+from workers.limits import TOKEN_WINDOW_S, TokenEstimate
 
 KEY_PREFIX = "defeater:limit:"
 # slots are booked at most this far ahead
@@ -192,11 +192,15 @@ class RedisKeyLimits:
                 self._waiting.popleft()
                 continue
             calls = 1 if self.tpm else sum(1 for _, future in self._waiting if not future.done())
-            # tokens unused a moment ago may be used as requests' slots may (CATCH_UP_S), no more: a bigger burst
-            # on top of 0.99 of the limit overfills a provider's sliding 60 s window (15 429s per 1,000 calls with
-            # 6 s of tokens, once reservations followed real usage)
-            burst = CATCH_UP_S
-            args: list[Any] = [self._per_request(), self._per_token(), tokens, burst, HORIZON_S, calls, CATCH_UP_S]
+            args: list[Any] = [
+                self._per_request(),
+                self._per_token(),
+                tokens,
+                TOKEN_WINDOW_S,
+                HORIZON_S,
+                calls,
+                CATCH_UP_S,
+            ]
             try:
                 reply = await self._acquire(keys=self.keys, args=args)
             except Exception as exc:  # no Redis, no fleet-wide limit: calls wait rather than risk a 429 storm
