@@ -11,7 +11,6 @@ exact final figures. Everything else in the status (state, timestamps, error) co
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.background import SingleFlight
 from service.db.models import Job, JobState
 from service.jobs.schemas import JobRead
 from service.jobs.service import Measured, compose, measure
@@ -47,7 +47,7 @@ class StatusCache:
         self.fresh_s = fresh_s
         self.max_jobs = max_jobs
         self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
-        self._refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._refreshing = SingleFlight()
         self.counted = 0  # how many counts were made, in the request or in the background: for tests
 
     async def read(self, session: AsyncSession, job: Job) -> JobRead:
@@ -59,20 +59,18 @@ class StatusCache:
             self.counted += 1
             self._keep(job.id, state, measured)
             return compose(job, measured)
-        if time.monotonic() - entry.at >= self.fresh_s and job.id not in self._refreshing:
-            self._refreshing[job.id] = asyncio.create_task(self._refresh(job.id), name=f"status {job.id}")
+        if time.monotonic() - entry.at >= self.fresh_s:
+            job_id = job.id
+            self._refreshing.start(job_id, lambda: self._refresh(job_id), name=f"status {job_id}")
         self._entries.move_to_end(job.id)
         return compose(job, entry.measured)
 
     async def settle(self) -> None:
         """Wait for the counts being made in the background (tests; shutdown)."""
-        while self._refreshing:
-            await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        await self._refreshing.settle()
 
     async def close(self) -> None:
-        for task in list(self._refreshing.values()):
-            task.cancel()
-        await self.settle()
+        await self._refreshing.close()
 
     def _keep(self, job_id: uuid.UUID, state: JobState, measured: Measured) -> None:
         if state.final:  # a final job is counted at every read: nothing to keep
@@ -95,5 +93,3 @@ class StatusCache:
                 self._keep(job_id, JobState(job.state), measured)
         except Exception as exc:  # the next poll tries again; until then the last count is served
             log.warning("counting job %s's units failed (%s)", job_id, type(exc).__name__)
-        finally:
-            self._refreshing.pop(job_id, None)

@@ -21,7 +21,6 @@ are then as old as ``RUNNING_FRESH_S`` plus one recomputation; a change of the j
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from typing import Any
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.background import SingleFlight
 from service.db.models import Job, JobState
 from service.results import repository
 from service.results.service import Facts, build, read_facts
@@ -61,7 +61,7 @@ class ResultsCache:
         sessionmaker: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
-        self._refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._refreshing = SingleFlight()
         self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
         self._max_jobs = max_jobs
         self._running_fresh_s = running_fresh_s
@@ -81,8 +81,8 @@ class ResultsCache:
         entry = self._entries.get(job_id)
         if self.sessionmaker is None or entry is None or entry.key[0] != state:
             return None
-        if time.monotonic() - entry.computed_at >= self._running_fresh_s and job_id not in self._refreshing:
-            self._refreshing[job_id] = asyncio.create_task(self._refresh(job_id), name=f"results {job_id}")
+        if time.monotonic() - entry.computed_at >= self._running_fresh_s:
+            self._refreshing.start(job_id, lambda: self._refresh(job_id), name=f"results {job_id}")
         return entry.body
 
     async def _refresh(self, job_id: uuid.UUID) -> None:
@@ -97,18 +97,13 @@ class ResultsCache:
                     self.put(job_id, key, body)
         except Exception as exc:  # the next poll tries again; until then the last figures are served
             log.warning("computing job %s's results failed (%s)", job_id, type(exc).__name__)
-        finally:
-            self._refreshing.pop(job_id, None)
 
     async def settle(self) -> None:
         """Wait for the recomputations running in the background (tests; shutdown)."""
-        while self._refreshing:
-            await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        await self._refreshing.settle()
 
     async def close(self) -> None:
-        for task in list(self._refreshing.values()):
-            task.cancel()
-        await self.settle()
+        await self._refreshing.close()
 
     def get(self, job_id: uuid.UUID, key: tuple[Any, ...], final: bool) -> bytes | None:
         """The entry computed at this version (of a job that is not final: less than ``running_max_age_s`` ago)."""
