@@ -60,7 +60,10 @@ local request_tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if request_tat < now - tonumber(ARGV[7]) then
   request_tat = now
 end
-local token_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now - tonumber(ARGV[4]))
+local token_tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+if token_tat < now - tonumber(ARGV[4]) then
+  token_tat = now
+end
 local wait = 0
 if per_request > 0 then
   wait = request_tat - now
