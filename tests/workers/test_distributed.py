@@ -144,6 +144,6 @@ def test_a_limit_raised_while_the_job_runs_reaches_the_workers(deployment: dict[
                 assert changed.status_code == 200, changed.text
         status = _wait(client, job_id, 60)
         assert status["progress"]["requests"]["succeeded"] == 24
-        # the refresh interval, a task deferred under the old limit (at most MAX_DEFER_S), a slot booked under it
-        # (one old interval, 6 s), then the new pace: seconds, where the old limit would still need a minute
+        # the refresh interval (1 s here), a slot booked under the old limit (one old interval, 6 s), then the new
+        # pace: seconds, where the old limit would still need a minute
         assert time.monotonic() - started < 20
