@@ -223,3 +223,25 @@ async def test_a_limit_changed_while_the_job_runs_takes_effect_within_seconds(
         outcome = await running
         assert outcome.state == "completed" and await states(ledger, job_id) == {"succeeded": 12}
         assert time.monotonic() - started < 8
+
+
+async def test_stopping_drops_the_calls_still_waiting_for_a_rate_slot(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any
+) -> None:
+    # 12 calls at 6 a minute: one now, the next in 10 s; stopping must not wait for those slots
+    job_id = await make_job(fake, [("openai", "fake-gpt")], limits={"rpm": 6})
+    runtime = Runtime.build(work_settings)
+    executor = EmbeddedExecutor(runtime, ledger)
+    try:
+        running = asyncio.create_task(executor.run_job(job_id))
+        while (await fake.ledger())["successes"] < 1:
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        executor.stop()
+        outcome = await running
+    finally:
+        await runtime.adapters.aclose()
+    assert outcome.state == "stopped" and time.monotonic() - started < 5
+    # the first answer is kept; the rest, never sent, are pending again (no lease left behind)
+    assert (await fake.ledger())["by_model"]["fake-gpt"]["calls"] == 1
+    assert await states(ledger, job_id) == {"succeeded": 1, "pending": 11}
