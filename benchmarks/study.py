@@ -32,15 +32,9 @@ import harness
 import httpx
 import scenario
 
-# each recorded model's slug -> the wire format it is replayed over
-WIRES = {
-    "claude-sonnet-4-6": "anthropic",
-    "gemini-3-1-pro": "google",
-    "gpt-5-4-thinking": "openai",
-    "grok-4": "openai_compatible",
-    "qwen-3-5-plus": "openai",
-    "nemotron-3-nano": "google",
-}
+from workers.providers.fake.replay import REPLAY_WIRES
+
+WIRES = REPLAY_WIRES  # each recorded model's slug -> the wire format it is replayed over
 JUDGE = ("openai", "replay-judge")
 REPLAY_DIR = harness.STUDY.parent
 REDIS_DB = 10

@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.workers.processes import BIN, kill, ledger, start_run
+from workers.providers.fake.replay import REPLAY_WIRES
 
-# slug -> the wire format it is replayed over
-WIRES = {
-    "claude-sonnet-4-6": "anthropic",
-    "gemini-3-1-pro": "google",
-    "gpt-5-4-thinking": "openai",
-    "grok-4": "openai_compatible",
-    "qwen-3-5-plus": "openai",
-    "nemotron-3-nano": "google",
-}
+WIRES = REPLAY_WIRES
 PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "google": ""}
 
 

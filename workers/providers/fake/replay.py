@@ -14,6 +14,17 @@ from workers.providers.fake.common import Answer, ErrorReply, TokenUsage, tokens
 
 _TYPES = {"deflects": "deflection", "deflection": "deflection", "helps": "helps", "hard_refusal": "hard_refusal"}
 
+# the study's six recorded models, each replayed over one of our wire formats (so that a replayed study goes through
+# every adapter): what the replay test, the study-scale chaos test and benchmarks/study.py register
+REPLAY_WIRES = {
+    "claude-sonnet-4-6": "anthropic",
+    "gemini-3-1-pro": "google",
+    "gpt-5-4-thinking": "openai",
+    "grok-4": "openai_compatible",
+    "qwen-3-5-plus": "openai",
+    "nemotron-3-nano": "google",
+}
+
 
 def _rows(path: Path) -> Iterator[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
