@@ -71,8 +71,8 @@ async def finish_if_done(ctx: dict[str, Any], job_id: uuid.UUID) -> None:
     async with ctx["sessionmaker"]() as session:
         state, _, _ = await ledger.job_state(session, job_id)
         if state is JobState.running and not await ledger.open_units(session, job_id):
-            final = JobState.completed if await ledger.any_succeeded(session, job_id) else JobState.failed
-            if await ledger.finish_job(session, job_id, final):
+            _, ended_here = await ledger.end_job(session, job_id)
+            if ended_here:
                 await notify_finished(session, ctx["settings"], job_id)
 
 

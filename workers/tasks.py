@@ -282,7 +282,6 @@ async def run_judgement(
             rate_limited=unit.rate_limited,
             last_error=INVALID_VERDICT,
             error_repeats=reasks + 1,
-            attempt=unit.attempts,
         )
         writer.add_judgement(retry, values)
 
@@ -325,5 +324,4 @@ def failure_update(runtime: Runtime, stats: Stats, unit: Claimed, exc: ProviderE
         rate_limited=rate_limited,
         last_error=signature,
         error_repeats=repeats,
-        attempt=unit.attempts,
     )

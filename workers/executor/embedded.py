@@ -361,8 +361,8 @@ class EmbeddedExecutor:
         """Record the job's end. Only a job whose every unit is final is completed (or failed, if nothing worked)."""
         async with self.sessionmaker() as session:
             if ending == "completed":
-                state = JobState.completed if await ledger.any_succeeded(session, run.job_id) else JobState.failed
-                if await ledger.finish_job(session, run.job_id, state):
+                state, ended_here = await ledger.end_job(session, run.job_id)
+                if ended_here:
                     await notify_finished(session, self.runtime.settings, run.job_id)
                 return state.value
         return ending or "stopped"

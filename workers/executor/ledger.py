@@ -142,15 +142,6 @@ async def claim(
     return [Claimed(*row) for row in rows]
 
 
-async def claim_one(
-    session: AsyncSession, model: Unit, unit_id: uuid.UUID, holder: str, lease_s: float
-) -> Claimed | None:
-    """Lease one unit by id if it is pending and due (a queue task names its unit). Commits."""
-    row = (await session.execute(_lease(model, _table(model).c.id == unit_id, holder, lease_s))).first()
-    await session.commit()
-    return Claimed(*row) if row else None
-
-
 async def reclaim_leases(session: AsyncSession, job_id: uuid.UUID) -> int:
     """Return expired leases, and leases of processes on this host that died, to pending. Commits."""
     now = utcnow()
@@ -312,6 +303,13 @@ async def finish_job(session: AsyncSession, job_id: uuid.UUID, state: JobState) 
     won = int(getattr(await session.execute(stmt), "rowcount", 0) or 0) == 1
     await session.commit()
     return won
+
+
+async def end_job(session: AsyncSession, job_id: uuid.UUID) -> tuple[JobState, bool]:
+    """End a job whose every unit is final: completed, or failed if nothing succeeded. Returns that state and whether
+    this caller ended it (several workers may try at once; the one that did sends the webhook). Commits."""
+    state = JobState.completed if await any_succeeded(session, job_id) else JobState.failed
+    return state, await finish_job(session, job_id, state)
 
 
 async def job_state(session: AsyncSession, job_id: uuid.UUID) -> tuple[JobState, float | None, str | None]:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,18 +39,6 @@ class UnitUpdate:
     error_repeats: int = 0
     failure_reason: str | None = None
     failure_detail: str | None = None
-    # how many times the unit has been leased, for the queue's task ids (a retry is a new task)
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class Written:
-    """What one flush committed: for a distributed worker to enqueue follow-up tasks after the commit."""
-
-    job_ids: set[uuid.UUID]
-    new_judgements: list[uuid.UUID]
-    retried_requests: list[UnitUpdate]
-    retried_judgements: list[UnitUpdate]
 
 
 # what a finished judgement call stores on its row (all None until it succeeds)
@@ -113,7 +101,6 @@ class ResultWriter:
         interval_s: float,
         max_batch: int,
         judges: list[uuid.UUID] | None = None,
-        after_commit: Callable[[Written], Awaitable[None]] | None = None,
         lease_s: float | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
@@ -124,7 +111,6 @@ class ResultWriter:
         self._renewed_at = time.monotonic()
         self._failures = 0
         self.judges = judges or []
-        self.after_commit = after_commit
         self.interval_s = interval_s
         self.max_batch = max_batch
         self._batch = _Batch()
@@ -147,6 +133,7 @@ class ResultWriter:
             self._held[model].pop(unit_id, None)
 
     def holding(self, model: Unit) -> int:
+        """How many units of this kind the writer keeps leases alive for."""
         return len(self._held[model])
 
     def add(
@@ -225,13 +212,10 @@ class ResultWriter:
                 return False
             self._failures = 0
             self.written += len(batch)
-            jobs = {self._held[Request].pop(u.id, None) for u in batch.updates}
-            jobs |= {self._held[Judgement].pop(u.id, None) for u, _ in batch.judged}
-        if self.after_commit is not None:
-            try:
-                await self.after_commit(_written(batch, {job for job in jobs if job is not None}))
-            except Exception as exc:  # follow-ups are wake-ups only: the reconciler finds what they missed
-                log.warning("follow-up after a write failed (%s); the reconciler will catch up", _short(exc))
+            for u in batch.updates:
+                self._held[Request].pop(u.id, None)
+            for u, _ in batch.judged:
+                self._held[Judgement].pop(u.id, None)
         return True
 
     async def _write(self, batch: _Batch) -> None:
@@ -340,13 +324,3 @@ def _insert_ignoring_duplicates(session: AsyncSession, table: Table) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return pg_insert(table).on_conflict_do_nothing(index_elements=key)
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=key)
-
-
-def _written(batch: _Batch, jobs_of_updates: set[uuid.UUID]) -> Written:
-    jobs = {r["job_id"] for r in batch.responses} | {j["job_id"] for j in batch.judgements} | jobs_of_updates
-    return Written(
-        job_ids=jobs,
-        new_judgements=[j["id"] for j in batch.judgements],
-        retried_requests=[u for u in batch.updates if u.state is UnitState.pending],
-        retried_judgements=[u for u, _ in batch.judged if u.state is UnitState.pending],
-    )
