@@ -7,13 +7,15 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.models import Job, JobState, Judgement, Request, Response, UnitState
 from service.model_configs.schemas import ModelConfigPatch
 from service.model_configs.service import update_limits
 from service.settings import Settings
+from workers.executor import ledger as ledger_sql
 from workers.executor.embedded import EmbeddedExecutor, RunOutcome
 from workers.providers.fake import FakeConfig, FakeProvider
 from workers.tasks import Runtime
@@ -245,3 +247,37 @@ async def test_stopping_drops_the_calls_still_waiting_for_a_rate_slot(
     # the first answer is kept; the rest, never sent, are pending again (no lease left behind)
     assert (await fake.ledger())["by_model"]["fake-gpt"]["calls"] == 1
     assert await states(ledger, job_id) == {"succeeded": 1, "pending": 11}
+
+
+@pytest.mark.parametrize("read", ["claim", "prompts", "judge_contexts"])
+async def test_units_leased_when_the_database_drops_are_given_back_not_held_forever(
+    ledger: async_sessionmaker[AsyncSession],
+    work_settings: Settings,
+    fake: FakeProvider,
+    make_job: Any,
+    monkeypatch: Any,
+    read: str,
+) -> None:
+    # the connection drops as a batch is leased (the lease commits, its answer is lost), or right after, while what
+    # its calls need is read: those units must be run (here by the same run, once the database answers), not kept
+    # leased by a live process that will never run them (the job then never ends, or waits for the leases to expire)
+    real = getattr(ledger_sql, read)
+    dropped = []
+
+    async def drop_once(session: AsyncSession, *args: Any) -> Any:
+        if dropped:
+            return await real(session, *args)
+        dropped.append(await real(session, *args) if read == "claim" else args)
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        raise ConnectionResetError("the database went away")
+
+    monkeypatch.setattr(ledger_sql, read, drop_once)
+    job_id = await make_job(fake, [("openai", "fake-gpt")], limit=6)
+    outcome = await asyncio.wait_for(run(ledger, work_settings, job_id), 30)  # leases last 60 s: not by expiry
+    assert dropped and dropped[0] and outcome.state == "completed"
+    assert await states(ledger, job_id) == {"succeeded": 6}
+    async with ledger() as session:
+        judged = (await session.execute(select(Judgement.state).where(Judgement.job_id == job_id))).scalars().all()
+    assert sorted(j.value for j in judged) == ["succeeded"] * 6
+    assert (await fake.ledger())["duplicate_successes"] == 0

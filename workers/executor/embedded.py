@@ -74,6 +74,8 @@ class _Run:
     refreshed_at: float = field(default_factory=time.monotonic)
     reclaimed_at: float = field(default_factory=time.monotonic)
     prompts: dict[uuid.UUID, str] = field(default_factory=dict)
+    # the database went away since the run last had nothing in hand: it may hold leases it does not know of
+    unsure: bool = False
     # why the run is winding down (cancelled, paused, ended elsewhere), once known
     ending: str | None = None
     # set when a call ends, so that the loop starts the next one at once
@@ -213,6 +215,7 @@ class EmbeddedExecutor:
                 if not is_disconnect(exc):
                     raise
                 log.warning("job %s waits for the database (%s)", run.job_id, type(exc).__name__)
+                run.unsure = True
                 await asyncio.sleep(DATABASE_RETRY_S)
                 continue
             if on_tick is not None:
@@ -244,7 +247,15 @@ class EmbeddedExecutor:
             return None
         if ending is not None or self._stopping:
             return ending or "stopped"
-        await writer.flush()
+        if await writer.flush() and run.unsure:
+            # nothing queued, in flight or left to write, yet the database went away since the last such moment: a
+            # lease taken as it went (its answer lost, or what its call needs not read) is one nobody runs; so every
+            # lease this run holds on the job is given back
+            for model in (Request, Judgement):
+                writer.let_go_all(model)
+            async with self.sessionmaker() as session:
+                await ledger.release_leases(session, self.holder, run.job_id)
+            run.unsure = False
         if await self._finished(run):
             return "completed"
         await _wait(run.wake, IDLE_TICK_S)  # backed-off units not due yet, or units other processes hold
@@ -303,13 +314,17 @@ class EmbeddedExecutor:
                     lane.found_nothing()
                     continue
                 lane.found_some(len(claimed) == asked)
-                writer.hold(lane.model, claimed)
+                # if the database goes away before what their calls need is read, these units are leased but not
+                # held (their leases are not renewed): the run gives them back once it has nothing in hand
                 if lane.judge:
                     contexts = await ledger.judge_contexts(session, [u.ref_id for u in claimed])
-                    lane.queue.extend((u, contexts[u.ref_id]) for u in claimed)
-                    continue
-                await self._load_prompts(session, run, claimed)
-                hits = await self._cache_hits(session, run, lane.target, claimed)
+                else:
+                    await self._load_prompts(session, run, claimed)
+                    hits = await self._cache_hits(session, run, lane.target, claimed)
+            writer.hold(lane.model, claimed)
+            if lane.judge:
+                lane.queue.extend((u, contexts[u.ref_id]) for u in claimed)
+                continue
             for unit in claimed:
                 earlier = hits.get(unit.id)
                 if earlier is not None:

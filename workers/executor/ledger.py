@@ -166,12 +166,15 @@ async def reclaim_leases(session: AsyncSession, job_id: uuid.UUID) -> int:
     return reclaimed
 
 
-async def release_leases(session: AsyncSession, holder: str) -> None:
-    """Give back this process's leases (a clean stop). Commits."""
+async def release_leases(session: AsyncSession, holder: str, job_id: uuid.UUID | None = None) -> None:
+    """Give back this process's leases (a clean stop), or its leases of one job. Commits."""
     for model in (Request, Judgement):
+        which = [model.state == UnitState.leased, model.leased_by == holder]
+        if job_id is not None:
+            which.append(model.job_id == job_id)
         stmt = (
             update(model)
-            .where(model.state == UnitState.leased, model.leased_by == holder)
+            .where(*which)
             .values(state=UnitState.pending, leased_by=None, lease_expires_at=None, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )
