@@ -86,6 +86,9 @@ async def test_tpm_limit(fake: FakeProvider, sdks: Callable[..., SDKs]) -> None:
     # the ledger counts the tokens of the calls let through (the refused ones took no room), never above the limit
     entry = (await fake.ledger())["by_model"]["m"]
     assert 0 < entry["tokens"] <= 150 and entry["successes"] == entry["calls"] - entry["rate_limited"]
+    # and when they came: the window's fullest moment, tokens per second, and the 429s per second
+    assert entry["peak_window_tokens"] == entry["tokens"] and sum(entry["tokens_per_s"]) == entry["tokens"]
+    assert sum(entry["rate_limited_per_s"].values()) == entry["rate_limited"] == 1
 
 
 async def test_duplicates_and_idempotent_replays(fake: FakeProvider, sdks: Callable[..., SDKs]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 SUCCESS = "200"
@@ -33,6 +33,11 @@ class _ModelStats:
     tokens: int = 0
     tokens_first_at: float | None = None
     tokens_last_at: float | None = None
+    # the most tokens the model's TPM window held, and per whole second since the first admitted call: the tokens
+    # admitted, and the calls answered 429 (where a limiter overfills the window, and when)
+    peak_window_tokens: int = 0
+    tokens_per_s: Counter[int] = field(default_factory=Counter)
+    rate_limited_per_s: Counter[int] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         span = (self.last_at or 0.0) - (self.first_at or 0.0)
@@ -47,7 +52,13 @@ class _ModelStats:
             "achieved_rpm": self.successes / span * 60 if span > 0 else None,
             "tokens": self.tokens,
             "achieved_tpm": self.tokens / token_span * 60 if token_span > 0 else None,
+            "peak_window_tokens": self.peak_window_tokens,
+            "tokens_per_s": [self.tokens_per_s[s] for s in range(max(self.tokens_per_s, default=-1) + 1)],
+            "rate_limited_per_s": dict(sorted(self.rate_limited_per_s.items())),
         }
+
+    def second(self, now: float) -> int:
+        return int(now - self.tokens_first_at) if self.tokens_first_at is not None else 0
 
 
 class Ledger:
@@ -85,13 +96,15 @@ class Ledger:
         stats.peak_concurrency = max(stats.peak_concurrency, stats.in_flight)
         return Ticket(earlier, self.generation)
 
-    def admitted(self, model: str, tokens: int) -> None:
-        """Count the tokens of a call the limits let through."""
+    def admitted(self, model: str, tokens: int, window_tokens: int = 0) -> None:
+        """Count the tokens of a call the limits let through (``window_tokens``: its TPM window's sum with them)."""
         now = time.time()
         stats = self._models.setdefault(model, _ModelStats())
         stats.tokens += tokens
         stats.tokens_first_at = stats.tokens_first_at or now
         stats.tokens_last_at = now
+        stats.tokens_per_s[stats.second(now)] += tokens
+        stats.peak_window_tokens = max(stats.peak_window_tokens, window_tokens)
 
     def finish(self, model: str, prompt_sha256: str, outcome: str, generation: int, unit: str | None = None) -> None:
         """Count a call's outcome: an HTTP status ("200", "429", ...), "malformed", "drop", "hang" or a replay.
@@ -112,6 +125,7 @@ class Ledger:
         self.by_status[outcome] += 1
         if outcome == RATE_LIMITED:
             stats.rate_limited += 1
+            stats.rate_limited_per_s[stats.second(time.time())] += 1
         if outcome == SUCCESS:
             self._success(model, f"{prompt_sha256}:{unit}" if unit else prompt_sha256, stats)
 

@@ -97,6 +97,11 @@ class RateLimiter:
         window.token_sum += amount
         return Decision(True, self._state(window, limit, now))
 
+    def window_tokens(self, model: str) -> int:
+        """The tokens the model's window holds (as of its last check)."""
+        window = self._windows.get(model)
+        return window.token_sum if window else 0
+
     @staticmethod
     def _state(window: _Window, limit: LimitConfig, now: float) -> RateState:
         oldest_request = window.times[0] + WINDOW_S - now if window.times else 0.0
