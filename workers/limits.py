@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from aiolimiter import AsyncLimiter
@@ -24,6 +25,8 @@ TOKEN_WINDOW_S = 6.0  # the token bucket holds this many seconds' worth of the T
 # reserves, in mean absolute deviations
 LEARN_AFTER = 5
 ESTIMATE_SPREAD = 3.0
+# until then, a call reserves this many times the most a settled call used (the first, the caller's upper bound)
+EARLY_MARGIN = 2
 
 
 class TokenEstimate:
@@ -40,32 +43,41 @@ class TokenEstimate:
         self.mean = 0.0
         self.deviation = 0.0
         self.seen = 0
+        self.most = 0
 
     def of(self, upper: int) -> int:
-        if self.seen < LEARN_AFTER:
+        if not self.seen:
             return upper
+        if self.seen < LEARN_AFTER:
+            return min(upper, EARLY_MARGIN * self.most)
         return min(upper, math.ceil(self.mean + ESTIMATE_SPREAD * self.deviation))
 
-    def observe(self, actual: int) -> None:
+    def observe(self, actual: int) -> bool:
+        """Learn from a settled call; True when the estimate changed its footing (the first call, or learned)."""
         self.seen += 1
+        self.most = max(self.most, actual)
         if self.seen == 1:
             self.mean = float(actual)
-            return
+            return True
         weight = max(1.0 / self.seen, 0.05)  # plain means at first, then slowly moving ones
         self.deviation += (abs(actual - self.mean) - self.deviation) * weight
         self.mean += (actual - self.mean) * weight
+        return self.seen == LEARN_AFTER
 
 
 class KeyLimiter(Protocol):
     """What a call needs from its key's limits, local (this process) or fleet-wide (Redis)."""
 
     def estimate(self, upper: int) -> int:
-        """The tokens to reserve for a call whose use is at most ``upper`` (``acquire`` and ``settle`` take it)."""
+        """The tokens a call whose use is at most ``upper`` reserves, as of now."""
         ...
 
-    async def acquire(self, estimated_tokens: int) -> None: ...
+    async def acquire(self, upper: int) -> int:
+        """Wait for the call's turn; returns the tokens reserved for it (the estimate when its turn came: estimated
+        when the call arrived, every call already waiting would keep reserving ``upper`` after the first settled)."""
+        ...
 
-    async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None: ...
+    async def settle(self, reserved: int, actual_tokens: int | None) -> None: ...
 
     async def pause(self, seconds: float) -> None: ...
 
@@ -110,27 +122,39 @@ class KeyLimits:
             self.tpm = tpm
             per_window = tpm * self.safety * TOKEN_WINDOW_S / 60.0 if tpm else 0
             self._tokens = AsyncLimiter(per_window, TOKEN_WINDOW_S) if tpm else None
+        self._restart_waiting()
+
+    def _restart_waiting(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def acquire(self, estimated_tokens: int) -> None:
-        """Wait until this key may make one more call of about ``estimated_tokens``."""
+    async def acquire(self, upper: int) -> int:
+        """Wait until this key may make one more call of at most ``upper`` tokens; returns the tokens reserved."""
         await self.wait_unpaused()
-        amount = max(estimated_tokens + self.token_debt, 0)
-        self.token_debt = 0
-        if amount:
-            await self._take("_tokens", amount)
-        await self._take("_requests", 1)
-        await self.wait_unpaused()
+        debt, self.token_debt = self.token_debt, 0
+        reserved = 0
 
-    async def _take(self, which: str, amount: float) -> None:
-        """Take ``amount`` from the current limiter; if the limits change meanwhile, start over under the new."""
+        def amount() -> int:
+            nonlocal reserved
+            reserved = self.estimate(upper)
+            return max(reserved + debt, 0)
+
+        await self._take("_tokens", amount)
+        await self._take("_requests", lambda: 1)
+        await self.wait_unpaused()
+        return reserved or self.estimate(upper)
+
+    async def _take(self, which: str, amount: Callable[[], int]) -> None:
+        """Take ``amount()`` from the current limiter; if the limits (or the token estimate) change meanwhile, start
+        over under the new."""
         while (limiter := getattr(self, which)) is not None:
-            amount = min(amount, limiter.max_rate)
-            if limiter.has_capacity(amount):
-                await limiter.acquire(amount)
+            want = min(amount(), limiter.max_rate)
+            if not want:
                 return
-            taking = asyncio.ensure_future(limiter.acquire(amount))
+            if limiter.has_capacity(want):
+                await limiter.acquire(want)
+                return
+            taking = asyncio.ensure_future(limiter.acquire(want))
             changed = asyncio.ensure_future(self._changed.wait())
             try:
                 done, _ = await asyncio.wait({taking, changed}, return_when=asyncio.FIRST_COMPLETED)
@@ -141,12 +165,12 @@ class KeyLimits:
             if taking in done:
                 return
 
-    async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
-        """Correct the token estimate by the call's real usage (a shortfall is taken from the next call)."""
-        if actual_tokens is not None:
-            self.tokens.observe(actual_tokens)
+    async def settle(self, reserved: int, actual_tokens: int | None) -> None:
+        """Correct the reservation by the call's real usage (a shortfall is taken from the next call)."""
+        if actual_tokens is not None and self.tokens.observe(actual_tokens) and self._tokens is not None:
+            self._restart_waiting()  # the estimate changed its footing: waiting calls reserve by the new one
         if self._tokens is not None and actual_tokens is not None:
-            self.token_debt += actual_tokens - estimated_tokens
+            self.token_debt += actual_tokens - reserved
 
     async def pause(self, seconds: float) -> None:
         """Stop every call on this key for ``seconds`` (the provider's reset after a 429)."""

@@ -23,13 +23,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from workers.limits import TOKEN_WINDOW_S, TokenEstimate
+from workers.limits import TokenEstimate
 
 KEY_PREFIX = "defeater:limit:"
 # slots are booked at most this far ahead
 HORIZON_S = 1.0
-# slots of the last this many seconds that nobody booked (this worker's calls came a little late) may still be
-# booked, while the key is in use: at 0.99 of the limit a sliding 60 s window then sees at most 0.99 + 0.25/60 of it
+# slots (and tokens) of the last this many seconds that nobody booked (this worker's calls came a little late, or
+# calls settled below their reservation) may still be booked, while the key is in use: at 0.99 of the limit a sliding
+# 60 s window then sees at most 0.99 + 0.25/60 of it. More is a burst the provider's window remembers for a minute:
+# with 6 s of tokens, a start that lagged (reservations of max_tokens given back late) came back as 28,000 tokens in
+# 10 s at 120,000 TPM, and the window that held them answered 429s a minute later
 CATCH_UP_S = 0.25
 # while Redis cannot be reached, waiting calls keep waiting and the pacer tries again after this long
 REDIS_RETRY_S = 0.5
@@ -39,7 +42,7 @@ PAUSE_CHECK_S = 0.5
 log = logging.getLogger("defeater.limits")
 
 # KEYS: requests TAT, tokens TAT, paused-until.  ARGV: seconds per request (0: none), seconds per token (0: none),
-# tokens, token burst (seconds), horizon (seconds), calls waiting, catch-up (seconds).  Returns "R<wait>:<n>" (n slots
+# tokens, horizon (seconds), calls waiting, catch-up (seconds).  Returns "R<wait>:<n>" (n slots
 # are reserved, the first in <wait> seconds (in the past: at once) and the others one request interval apart; n > 1
 # only without a token limit), "P<wait>" (the key is paused for <wait> seconds) or "L<wait>" (no slot within the
 # horizon: ask again when half of it is free, so that a process with many calls waiting books them half a horizon at
@@ -52,16 +55,16 @@ local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
 if paused > now then
   return 'P' .. tostring(paused - now)
 end
-local horizon = tonumber(ARGV[5])
+local horizon = tonumber(ARGV[4])
 local per_request = tonumber(ARGV[1])
 local per_token = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
 local request_tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if request_tat < now - tonumber(ARGV[7]) then
+if request_tat < now - tonumber(ARGV[6]) then
   request_tat = now
 end
 local token_tat = tonumber(redis.call('GET', KEYS[2]) or '0')
-if token_tat < now - tonumber(ARGV[4]) then
+if token_tat < now - tonumber(ARGV[6]) then
   token_tat = now
 end
 local wait = 0
@@ -75,7 +78,7 @@ if wait > horizon then
   return 'L' .. tostring(wait - horizon / 2)
 end
 local n = 1
-local calls = tonumber(ARGV[6])
+local calls = tonumber(ARGV[5])
 if per_token == 0 and calls > 1 then
   if per_request > 0 then
     n = math.min(calls, math.floor((horizon - wait) / per_request) + 1)
@@ -141,7 +144,7 @@ class RedisKeyLimits:
         self._pause = redis.register_script(_PAUSE)
         self._paused_for = redis.register_script(_PAUSED_FOR)
         self._pause_checked_at = -PAUSE_CHECK_S
-        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._waiting: collections.deque[tuple[int, asyncio.Future[int]]] = collections.deque()
         self._pacer: asyncio.Task[None] | None = None
         # a pause this process knows of (its own 429s, or one the pacer met), checked again just before a call
         self._paused_until = 0.0
@@ -159,18 +162,21 @@ class RedisKeyLimits:
     def _per_token(self) -> float:
         return 60.0 / (self.tpm * self.safety) if self.tpm else 0.0
 
-    async def acquire(self, estimated_tokens: int) -> None:
-        """Wait for this call's slot across the fleet (and for any pause of the key to end)."""
+    async def acquire(self, upper: int) -> int:
+        """Wait for this call's slot across the fleet (and for any pause of the key to end); returns the tokens
+        reserved, estimated when the slot was booked."""
+        reserved = upper
         if not self.rpm and not self.tpm:
             await self._check_fleet_pause()
         else:
-            granted = asyncio.get_running_loop().create_future()
-            self._waiting.append((estimated_tokens, granted))
+            granted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._waiting.append((upper, granted))
             if self._pacer is None or self._pacer.done():
                 self._pacer = asyncio.create_task(self._pace(), name=f"pacer {self.keys[0]}")
-            await granted
+            reserved = await granted
         while (delay := self._paused_until - time.monotonic()) > 0:
             await asyncio.sleep(delay)
+        return reserved
 
     async def _check_fleet_pause(self) -> None:
         """No limit to pace by: learn of a pause another worker set, asking Redis at most every PAUSE_CHECK_S."""
@@ -190,16 +196,16 @@ class RedisKeyLimits:
         """Reserve slots for this process's waiting calls, in order, while any wait."""
         loop = asyncio.get_running_loop()
         while self._waiting:
-            tokens, granted = self._waiting[0]
+            upper, granted = self._waiting[0]
             if granted.done():  # its call was cancelled
                 self._waiting.popleft()
                 continue
+            tokens = self.estimate(upper)
             calls = 1 if self.tpm else sum(1 for _, future in self._waiting if not future.done())
             args: list[Any] = [
                 self._per_request(),
                 self._per_token(),
                 tokens,
-                TOKEN_WINDOW_S,
                 HORIZON_S,
                 calls,
                 CATCH_UP_S,
@@ -214,31 +220,36 @@ class RedisKeyLimits:
             kind, rest = text[0], text[1:]
             if kind == "R":
                 wait, _, count = rest.partition(":")
-                self._hand_out(loop, float(wait), int(count or 1), float(args[0]))
+                self._hand_out(loop, float(wait), int(count or 1), float(args[0]), tokens)
                 continue
             seconds = max(float(rest), 0.0)
             if kind == "P":
                 self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            else:
+                # calls settling below their reservation bring the slot closer meanwhile: look again soon (a pacer
+                # that slept until the slot it was told of let those tokens go by unused)
+                seconds = min(seconds, HORIZON_S / 2)
             await asyncio.sleep(seconds)
 
-    def _hand_out(self, loop: asyncio.AbstractEventLoop, wait: float, count: int, interval: float) -> None:
+    def _hand_out(self, loop: asyncio.AbstractEventLoop, wait: float, count: int, interval: float, tokens: int) -> None:
         """Hand ``count`` reserved slots to the calls first in line: the first in ``wait`` seconds, the others one
-        request interval apart (slots already past are handed out at once)."""
+        request interval apart (slots already past are handed out at once). ``tokens``: what the first reserved
+        (with a token limit there is only one; without, what each reserves does not matter)."""
         for i in range(count):
             while self._waiting and self._waiting[0][1].done():
                 self._waiting.popleft()
             if not self._waiting:
                 return  # calls cancelled meanwhile: their slots go unused
             _, granted = self._waiting.popleft()
-            loop.call_later(max(wait + i * interval, 0.0), _grant, granted)
+            loop.call_later(max(wait + i * interval, 0.0), _grant, granted, tokens)
 
-    async def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
+    async def settle(self, reserved: int, actual_tokens: int | None) -> None:
         """Correct the reserved tokens by the call's real usage (best effort: Redis may be away)."""
         if actual_tokens is not None:
             self.tokens.observe(actual_tokens)
-        if self.tpm and actual_tokens is not None and actual_tokens != estimated_tokens:
+        if self.tpm and actual_tokens is not None and actual_tokens != reserved:
             try:
-                await self._settle(keys=self.keys[1:2], args=[self._per_token(), actual_tokens - estimated_tokens])
+                await self._settle(keys=self.keys[1:2], args=[self._per_token(), actual_tokens - reserved])
             except Exception as exc:
                 log.warning("settling tokens failed (%s: %s)", type(exc).__name__, exc)
 
@@ -251,9 +262,9 @@ class RedisKeyLimits:
             log.warning("pausing the key fleet-wide failed (%s: %s)", type(exc).__name__, exc)
 
 
-def _grant(granted: asyncio.Future[None]) -> None:
+def _grant(granted: asyncio.Future[int], tokens: int) -> None:
     if not granted.done():
-        granted.set_result(None)
+        granted.set_result(tokens)
 
 
 class RedisLimits:

@@ -165,13 +165,14 @@ def reused_row(job_id: uuid.UUID, target: Target, unit: Claimed, earlier: Respon
     }
 
 
-async def _acquire(runtime: Runtime, key_limits: KeyLimiter, estimate: int) -> None:
-    """Wait for the call's slot, known to the runtime as waiting (cancellable at no cost) meanwhile."""
+async def _acquire(runtime: Runtime, key_limits: KeyLimiter, upper: int) -> int:
+    """Wait for the call's slot, known to the runtime as waiting (cancellable at no cost) meanwhile; returns the tokens
+    reserved."""
     task = asyncio.current_task()
     if task is not None:
         runtime.waiting.add(task)
     try:
-        await key_limits.acquire(estimate)
+        return await key_limits.acquire(upper)
     finally:
         if task is not None:
             runtime.waiting.discard(task)
@@ -182,11 +183,10 @@ async def _call(
 ) -> CallResult | ProviderError:
     """One call under the target's key limits; every failure comes back as a ProviderError, never raised."""
     key_limits = runtime.key_limits(target, pool)
-    estimate = key_limits.estimate(spec.estimated_tokens())
     stats.in_flight += 1
     try:
         adapter = runtime.adapters.get(target.endpoint)
-        await _acquire(runtime, key_limits, estimate)
+        reserved = await _acquire(runtime, key_limits, spec.estimated_tokens())
         stats.calls += 1
         result = await adapter.call(spec)
     except ProviderError as exc:
@@ -198,7 +198,7 @@ async def _call(
         return ProviderError("internal_error", repr(exc))
     finally:
         stats.in_flight -= 1
-    await key_limits.settle(estimate, result.usage.total or None)
+    await key_limits.settle(reserved, result.usage.total or None)
     return result
 
 

@@ -69,11 +69,23 @@ async def test_a_tpm_budget_reserves_what_calls_really_use_once_it_has_seen_some
     limits = Limits(safety=1.0).for_key("k", None, tpm)
     assert limits.estimate(2_050) == 2_050  # nothing seen yet: the caller's bound (prompt plus max_tokens)
     for used in (180, 220, 200, 190, 210):
-        await limits.settle(limits.estimate(2_050), used)
+        await limits.settle(await limits.acquire(2_050), used)
     # with a TPM limit, a high quantile of what the calls used (never above the bound); without one, no need
     estimate = limits.estimate(2_050)
     assert (220 <= estimate <= 300) if tpm else estimate == 2_050
     assert limits.estimate(100) == 100
+
+
+async def test_calls_waiting_when_the_first_settles_reserve_by_it_not_by_their_bound() -> None:
+    limits = KeyLimits(rpm=None, tpm=60_000, safety=1.0)  # 6,000 tokens per 6 s bucket, 1,000 a second
+    started = time.monotonic()
+    first = await limits.acquire(3_500)  # nothing seen: the bound
+    waiting = [asyncio.create_task(limits.acquire(3_500)) for _ in range(4)]
+    await asyncio.sleep(0.1)
+    await limits.settle(first, 200)
+    # they start over by twice what the first used and fit at once (at 3,500 each they would wait 14 s)
+    assert await asyncio.gather(*waiting) == [400] * 4
+    assert time.monotonic() - started < 1.0
 
 
 def test_the_estimate_covers_the_spread_of_usage_and_follows_a_change() -> None:

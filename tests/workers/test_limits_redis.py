@@ -162,10 +162,21 @@ async def test_slots_missed_a_moment_ago_are_caught_up_but_an_idle_key_never_bur
 
 
 async def test_a_fleet_tpm_budget_reserves_what_calls_really_use_once_it_has_seen_some(redis: Redis) -> None:
-    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", None, 60_000)
+    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", None, 600_000)
     assert limits.estimate(2_050) == 2_050
     for _ in range(LEARN_AFTER):
-        estimate = limits.estimate(2_050)
-        await limits.acquire(estimate)
-        await limits.settle(estimate, 200)
+        reserved = await limits.acquire(2_050)
+        await limits.settle(reserved, 200)
     assert limits.estimate(2_050) == 200  # calls that all used 200: no spread to cover
+
+
+async def test_calls_waiting_when_the_first_settles_reserve_by_it_not_by_their_bound(redis: Redis) -> None:
+    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", None, 60_000)  # 1,000 a second
+    started = time.monotonic()
+    first = await limits.acquire(2_050)  # nothing seen: the bound, two seconds of tokens
+    waiting = [asyncio.create_task(limits.acquire(2_050)) for _ in range(4)]
+    await asyncio.sleep(0.1)
+    await limits.settle(first, 200)
+    # reserved when their turn came: twice what the first used, not 2,050 each (which would take eight seconds)
+    assert await asyncio.gather(*waiting) == [400] * 4
+    assert time.monotonic() - started < 2.5
