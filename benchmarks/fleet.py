@@ -3,6 +3,7 @@ several models at their RPM limit together, without 429s and without a call bein
 
 Run: .venv/bin/python benchmarks/fleet.py [--rpm 600] [--tpm N] [--calls 600] [--models 2] [--workers 3]
                                           [--concurrency C] [--latency 0.5] [--no-judge] [--keep] [--timeout S]
+                                          [--book FILE]
 Everything runs as child processes of this script: a fresh Postgres database (dropped afterwards) and Redis db 6
 (flushed before and after), the fake provider (each target model limited to RPM, and TPM if given; the judge
 unlimited), `defeater api` and the workers. Through the REST API it imports CALLS distinct cases, registers MODELS
@@ -23,6 +24,7 @@ import argparse
 import json
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import harness
@@ -48,6 +50,7 @@ class Options:
     keep: bool
     timeout: float | None
     concurrency: int | None = None
+    book: str | None = None
 
     @property
     def floor_s(self) -> float:
@@ -125,9 +128,14 @@ def figures(opts: Options, run: scenario.JobRun) -> dict[str, Any]:
 
 def measure(opts: Options) -> dict[str, Any]:
     with scenario.cluster(fake_config(opts), opts.workers, REDIS_DB, keep=opts.keep) as c:
-        timeout = opts.timeout or 3 * opts.floor_s + 120
+        # under a TPM limit the floor is not known before the calls' tokens are: allow ~400 tokens a call
+        expected_s = max(opts.floor_s, opts.calls * 400 / opts.tpm * 60 if opts.tpm else 0.0)
+        timeout = opts.timeout or 3 * expected_s + 120
         with httpx.Client(base_url=c.base, timeout=60) as client:
             run = scenario.run_job(c, client, prepare(client, opts, c.fake), timeout)
+    if opts.book:
+        # the fake's whole ledger: per model, tokens admitted and 429s per second, the fullest TPM window
+        Path(opts.book).write_text(json.dumps(run.book))
     return figures(opts, run)
 
 
@@ -179,6 +187,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--no-judge", action="store_true", help="register no judge (see above)")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the job (3x floor + 120)")
+    parser.add_argument("--book", default=None, help="write the fake's ledger (per-second figures) to this file")
     args = parser.parse_args(argv)
     return Options(
         rpm=args.rpm,
@@ -191,6 +200,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         keep=args.keep,
         timeout=args.timeout,
         concurrency=args.concurrency,
+        book=args.book,
     )
 
 

@@ -333,6 +333,10 @@ def model_figures(entry: dict[str, Any], rpm: int | None, wall_s: float, tpm: in
         figures["rpm_over_limit"] = figures.get("achieved_over_limit", 0.0)
         figures["tpm_over_limit"] = round(ledger_tpm / tpm, 4)
         figures["achieved_over_limit"] = max(figures["rpm_over_limit"], figures["tpm_over_limit"])
+        # the fake's fullest 60 s window over the limit (1.0: a call was refused for want of room), and where 429s
+        # came (seconds since the first admitted call: count)
+        figures["peak_window_over_limit"] = round(entry.get("peak_window_tokens", 0) / tpm, 4)
+        figures["429s_at_s"] = entry.get("rate_limited_per_s", {})
     return figures
 
 
