@@ -6,7 +6,8 @@ Runs, in order (each starts and stops what it needs; nothing else should use the
   in-flight    ceiling.py --in-flight: one worker, 10 s latency, 2 x 1,250 calls in flight at once
   limit-600    fleet.py: 2 models at 600 RPM for two windows (1,200 calls each) + judge, 3 workers
   limit-6000   fleet.py: 2 models at 6,000 RPM for one window (6,000 calls each, 100 in hand per worker) + judge
-  limit-tpm    fleet.py: 2 models at 6,000 RPM and 120,000 TPM (binds first: ~210 tokens a call), 600 calls each
+  limit-tpm    fleet.py: 2 models at 6,000 RPM and 120,000 TPM (binds first: ~210 tokens a call), 1,500 calls each
+               (about three minutes: a TPM window overfilled shows as 429s a minute after)
   study        study.py: the study x 6 replayed models at 600 RPM each + judge, API latency sampled meanwhile
   peer-ceiling peer.py: inspect_ai on the ceiling scenario
   peer-limit   peer.py: inspect_ai on limit-600
@@ -32,7 +33,7 @@ import peer
 import study
 
 # cases (ceiling, peer ceiling), calls per model at 600 and 6,000 RPM, study subset (None: all), in-flight cases
-FULL = {"ceiling": 5000, "limit_600": 1200, "limit_6000": 6000, "limit_tpm": 600, "study": None, "in_flight": 2000}
+FULL = {"ceiling": 5000, "limit_600": 1200, "limit_6000": 6000, "limit_tpm": 1500, "study": None, "in_flight": 2000}
 QUICK = {"ceiling": 300, "limit_600": 150, "limit_6000": 600, "limit_tpm": 100, "study": 100, "in_flight": 300}
 TPM_LIMIT = 120_000
 
