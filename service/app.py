@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -85,10 +86,13 @@ def create_app(
         elif run_jobs:
             # no Redis: jobs posted here run in this process
             from workers.executor.background import BackgroundRunner
+            from workers.providers.registry import preload_sdks
             from workers.tasks import Runtime
 
             app.state.runner = BackgroundRunner(Runtime.build(settings), app.state.sessionmaker)
             app.state.runner.start()
+            # the SDKs load in a thread while the API already answers (at a job's first call, they would hold the loop)
+            app.state.sdks_loaded = asyncio.create_task(asyncio.to_thread(preload_sdks))
         try:
             yield
         finally:
@@ -97,6 +101,7 @@ def create_app(
             await app.state.results_cache.close()
             if app.state.runner is not None:
                 await app.state.runner.stop()
+                await app.state.sdks_loaded
             if app.state.queue is not None:
                 await app.state.queue.aclose()
             if engine is not None:

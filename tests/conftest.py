@@ -25,6 +25,9 @@ POSTGRES_ADMIN_URL = os.environ.get("DEFEATER_TEST_POSTGRES", "postgresql://post
 # Nothing in the tests may reach a real provider: the adapters refuse any host but loopback.
 os.environ["DEFEATER_PROVIDERS__ALLOWED_HOSTS"] = '["127.0.0.1", "localhost"]'
 os.environ["FAKE_PROVIDER_KEY"] = "fake-key-not-a-secret"
+# The suite starts `defeater` and the fake as subprocesses hundreds of times: let them keep the project's compiled
+# modules (a machine that sets PYTHONDONTWRITEBYTECODE otherwise has each start compile them all again, ~1 s a start)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ state (which starts again from the next call).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -28,7 +29,7 @@ from workers.executor import ledger
 from workers.executor.background import BackgroundRunner
 from workers.limits_redis import RedisLimits
 from workers.providers.prices import PriceTable
-from workers.providers.registry import Adapters
+from workers.providers.registry import Adapters, preload_sdks
 from workers.tasks import Runtime
 
 RECONCILE_EVERY_S = 15
@@ -50,6 +51,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         limits=RedisLimits(ctx["redis"], settings.providers.rate_safety),
         prices=PriceTable.load(settings.providers.prices_file),
     )
+    await asyncio.to_thread(preload_sdks)  # before any call, not at the first one, in the loop
     ctx["runner"] = BackgroundRunner(runtime, ctx["sessionmaker"], settings.executor.max_jobs_per_process, POLL_S)
     ctx["runner"].start()
 

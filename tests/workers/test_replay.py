@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.workers.processes import BIN, kill, ledger, start_run
 from workers.providers.fake.replay import REPLAY_WIRES
 
@@ -33,6 +35,7 @@ def recorded(study_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return _by_model_and_case(study_dir, "responses")
 
 
+@pytest.mark.timeout(600)
 def test_replaying_the_six_recorded_models_stores_every_answer_verbatim(
     fake_process: Any, run_env: dict[str, str], study_dir: Path, tmp_path: Path
 ) -> None:

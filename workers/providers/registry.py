@@ -13,11 +13,7 @@ import httpx2
 
 from service.settings import ProviderSettings
 from workers.providers import errors as e
-from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.base import Adapter, AdapterOptions, ProviderError
-from workers.providers.google import GoogleAdapter
-from workers.providers.openai import OpenAIAdapter
-from workers.providers.openai_compatible import OpenAICompatibleAdapter
 from workers.providers.pool import PooledAdapter
 
 DEFAULT_BASE_URLS = {
@@ -96,13 +92,28 @@ class Adapters:
 
 
 def _factory(endpoint: Endpoint) -> Callable[[AdapterOptions], Adapter]:
-    """How one client of the endpoint's provider is built."""
-    if endpoint.provider == "openai":
-        return lambda options: OpenAIAdapter(options, api=endpoint.api)
-    if endpoint.provider == "openai_compatible":
-        return lambda options: OpenAICompatibleAdapter(options, api=endpoint.api)
+    """How one client of the endpoint's provider is built. Each SDK is imported when its provider is first used:
+    importing the three takes seconds (anthropic alone ~1 s, 5 s on a slow host), which every CLI command, the API
+    and a worker that never calls that provider would otherwise pay at start."""
+    if endpoint.provider in ("openai", "openai_compatible"):
+        from workers.providers.openai import OpenAIAdapter
+        from workers.providers.openai_compatible import OpenAICompatibleAdapter
+
+        cls = OpenAIAdapter if endpoint.provider == "openai" else OpenAICompatibleAdapter
+        return lambda options: cls(options, api=endpoint.api)
     if endpoint.provider == "anthropic":
+        from workers.providers.anthropic import AnthropicAdapter
+
         return AnthropicAdapter
     if endpoint.provider == "google":
+        from workers.providers.google import GoogleAdapter
+
         return GoogleAdapter
     raise ProviderError(e.BAD_REQUEST, f"unknown provider {endpoint.provider!r}")
+
+
+def preload_sdks() -> None:
+    """Import every provider's SDK now (in a worker, before it takes calls; in the API, in a thread), rather than in
+    the event loop at a provider's first call."""
+    for provider in ("openai", "anthropic", "google"):
+        _factory(Endpoint(provider, None, None))
