@@ -22,7 +22,13 @@ from service.db.session import create_engine
 from service.settings import Settings
 from tests.conftest import _create_postgres_database, _drop_postgres_database
 from tests.workers.processes import BIN, free_port, ledger, stop, wait_ready
-from tests.workers.test_replay import PATHS, WIRES, check_results_against_the_study_files, recorded
+from tests.workers.test_replay import (
+    PATHS,
+    WIRES,
+    check_human_agreement_against_the_study_files,
+    check_results_against_the_study_files,
+    recorded,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/3"
 QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -99,7 +105,7 @@ def _stored_answers(url: str, job_id: str) -> list[tuple[Any, ...]]:
                 rows = await conn.execute(
                     text(
                         """SELECT m.model, c.external_id, r.state, r.failure_reason, s.text, s.input_tokens,
-                                  s.output_tokens
+                                  s.output_tokens, s.reasoning_tokens, s.cached_tokens
                            FROM requests r JOIN model_configs m ON m.id = r.model_config_id
                            JOIN cases c ON c.id = r.case_id LEFT JOIN responses s ON s.request_id = r.id
                            WHERE r.job_id = :job"""
@@ -146,12 +152,19 @@ def test_the_study_runs_distributed_through_a_killed_worker_a_flushed_redis_and_
     expected = recorded(study_dir)
     rows = _stored_answers(cluster["url"], job_id)
     assert len(rows) == 7_740
-    for slug, case_id, state, reason, answer, tokens_in, tokens_out in rows:
+    for slug, case_id, state, reason, answer, tokens_in, tokens_out, tokens_reasoning, tokens_cached in rows:
         want = expected[(slug, case_id)]
         if want["status"] == "error":
             assert (state, reason) == ("failed", "bad_request"), (slug, case_id)
             continue
+        usage = want["usage"]
         assert (state, answer) == ("succeeded", want["response"]), (slug, case_id, reason)
-        assert (tokens_in, tokens_out) == (want["usage"]["prompt_tokens"], want["usage"]["completion_tokens"])
-    # and every result cell (verdicts, categories, unjudged, errored) is what the files give
+        assert (tokens_in, tokens_out) == (usage["prompt_tokens"], usage["completion_tokens"])
+        assert (tokens_reasoning or 0, tokens_cached or 0) == (
+            usage.get("reasoning_tokens") or 0,
+            usage.get("cached_tokens") or 0,
+        ), (slug, case_id)
+    # and every result cell (verdicts, categories, unjudged, errored) is what the files give, and importing the
+    # reviewers' labels gives the agreement the files give
     check_results_against_the_study_files(env, job_id, study_dir)
+    check_human_agreement_against_the_study_files(env, job_id, study_dir)
