@@ -31,8 +31,9 @@ EARLY_MARGIN = 2
 
 class TokenEstimate:
     """What a call on one budget is expected to use, for a TPM limit: the caller's upper bound (the prompt plus the
-    output allowance, often max_tokens) until ``LEARN_AFTER`` calls have settled, then the running mean of their real
-    usage plus ``ESTIMATE_SPREAD`` running mean deviations (a high quantile), never above the bound.
+    output allowance, often max_tokens) until a call has settled, ``EARLY_MARGIN`` times the most a settled call used
+    until ``LEARN_AFTER`` have, then the running mean of their real usage plus ``ESTIMATE_SPREAD`` running mean
+    deviations (a high quantile); never above the bound.
 
     Reserving thousands of tokens for a call that uses two hundred held a TPM budget to a fraction of its limit until
     each call settled. Reserving the mean (or 1.25x it) let the calls in flight that use more than that overfill the
