@@ -132,11 +132,9 @@ class ResultWriter:
         for unit_id in ids:
             self._held[model].pop(unit_id, None)
 
-    def let_go_all(self, model: Unit) -> list[uuid.UUID]:
-        """Let go of every unit of this kind held; returns their ids."""
-        ids = list(self._held[model])
+    def let_go_all(self, model: Unit) -> None:
+        """Let go of every unit of this kind held."""
         self._held[model].clear()
-        return ids
 
     def holding(self, model: Unit) -> int:
         """How many units of this kind the writer keeps leases alive for."""

@@ -93,8 +93,8 @@ class Adapters:
 
 def _factory(endpoint: Endpoint) -> Callable[[AdapterOptions], Adapter]:
     """How one client of the endpoint's provider is built. Each SDK is imported when its provider is first used:
-    importing the three takes seconds (anthropic alone ~1 s, 5 s on a slow host), which every CLI command, the API
-    and a worker that never calls that provider would otherwise pay at start."""
+    importing the three took 5.8 s on a slow host (anthropic alone 3.4 s), which every CLI command, the API and a
+    worker that never calls that provider would otherwise pay at start."""
     if endpoint.provider in ("openai", "openai_compatible"):
         from workers.providers.openai import OpenAIAdapter
         from workers.providers.openai_compatible import OpenAICompatibleAdapter
