@@ -56,6 +56,10 @@ class Options:
     def floor_s(self) -> float:
         return self.calls / self.rpm * 60
 
+    def floor_with_tokens_s(self, tokens_per_call: float) -> float:
+        """The floor when calls use this many tokens: whichever limit takes longer, the RPM or the TPM."""
+        return max(self.floor_s, self.calls * tokens_per_call / self.tpm * 60 if self.tpm else 0.0)
+
     def targets(self) -> list[tuple[str, str]]:
         """(provider, model) of each target."""
         return [
@@ -103,9 +107,8 @@ def figures(opts: Options, run: scenario.JobRun) -> dict[str, Any]:
         model: scenario.model_figures(run.book["by_model"].get(model, {}), opts.rpm, times["wall_s"], opts.tpm)
         for model in models
     }
-    # with a TPM limit the floor is whichever limit takes longer: the calls at the RPM, or their tokens at the TPM
     tokens = max((run.book["by_model"].get(model, {}).get("tokens", 0) for model in models), default=0)
-    floor_s = max(opts.floor_s, tokens / opts.tpm * 60 if opts.tpm else 0.0)
+    floor_s = opts.floor_with_tokens_s(tokens / opts.calls)
     return {
         "benchmark": "fleet_distributed",
         "rpm_limit": opts.rpm,
@@ -129,8 +132,7 @@ def figures(opts: Options, run: scenario.JobRun) -> dict[str, Any]:
 def measure(opts: Options) -> dict[str, Any]:
     with scenario.cluster(fake_config(opts), opts.workers, REDIS_DB, keep=opts.keep) as c:
         # under a TPM limit the floor is not known before the calls' tokens are: allow ~400 tokens a call
-        expected_s = max(opts.floor_s, opts.calls * 400 / opts.tpm * 60 if opts.tpm else 0.0)
-        timeout = opts.timeout or 3 * expected_s + 120
+        timeout = opts.timeout or 3 * opts.floor_with_tokens_s(400) + 120
         with httpx.Client(base_url=c.base, timeout=60) as client:
             run = scenario.run_job(c, client, prepare(client, opts, c.fake), timeout)
     if opts.book:

@@ -133,7 +133,7 @@ class KeyLimits:
         """Wait until this key may make one more call of at most ``upper`` tokens; returns the tokens reserved."""
         await self.wait_unpaused()
         debt, self.token_debt = self.token_debt, 0
-        reserved = 0
+        reserved = self.estimate(upper)
 
         def amount() -> int:
             nonlocal reserved
@@ -143,7 +143,7 @@ class KeyLimits:
         await self._take("_tokens", amount)
         await self._take("_requests", lambda: 1)
         await self.wait_unpaused()
-        return reserved or self.estimate(upper)
+        return reserved
 
     async def _take(self, which: str, amount: Callable[[], int]) -> None:
         """Take ``amount()`` from the current limiter; if the limits (or the token estimate) change meanwhile, start

@@ -274,7 +274,7 @@ class FakeApp:
         decision = self.limiter.check(model, self._limit(model), amount, time.monotonic())
         if not decision.allowed:
             return await self._rate_limited(call, send, decision)
-        self.ledger.admitted(model, amount, self.limiter.window_tokens(model))
+        self.ledger.admitted(model, amount, decision.state.window_tokens)
         await self._latency()
         return await self._deliver(call, answer, decision.state, receive, send)
 

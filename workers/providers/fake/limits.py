@@ -22,6 +22,13 @@ class RateState:
     remaining_tokens: int | None = None
     reset_tokens_s: float = 0.0
 
+    @property
+    def window_tokens(self) -> int:
+        """The tokens the TPM window holds (0 without a TPM limit)."""
+        if self.limit_tokens is None or self.remaining_tokens is None:
+            return 0
+        return self.limit_tokens - self.remaining_tokens
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -96,11 +103,6 @@ class RateLimiter:
         window.tokens.append((now, amount))
         window.token_sum += amount
         return Decision(True, self._state(window, limit, now))
-
-    def window_tokens(self, model: str) -> int:
-        """The tokens the model's window holds (as of its last check)."""
-        window = self._windows.get(model)
-        return window.token_sum if window else 0
 
     @staticmethod
     def _state(window: _Window, limit: LimitConfig, now: float) -> RateState:
