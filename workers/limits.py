@@ -14,6 +14,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiolimiter import AsyncLimiter
@@ -27,6 +28,8 @@ LEARN_AFTER = 5
 ESTIMATE_SPREAD = 3.0
 # until then, a call reserves this many times the most a settled call used (the first, the caller's upper bound)
 EARLY_MARGIN = 2
+# the running mean and deviation weigh each call 1/n at first, then never less than this (slowly moving means)
+LEAST_WEIGHT = 0.05
 
 
 class TokenEstimate:
@@ -60,25 +63,32 @@ class TokenEstimate:
         if self.seen == 1:
             self.mean = float(actual)
             return True
-        weight = max(1.0 / self.seen, 0.05)  # plain means at first, then slowly moving ones
+        weight = max(1.0 / self.seen, LEAST_WEIGHT)  # plain means at first, then slowly moving ones
         self.deviation += (abs(actual - self.mean) - self.deviation) * weight
         self.mean += (actual - self.mean) * weight
         return self.seen == LEARN_AFTER
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What ``acquire`` booked for a call: the tokens reserved (the estimate when its turn came) and, on a fleet-wide
+    budget with a TPM limit, the bucket of the token window that holds the call and the tokens it counted there until
+    the call settles (the mean use, where the reservation is a high quantile); ``settle`` corrects both."""
+
+    tokens: int
+    bucket: int | None = None
+    counted: int = 0
+
+
 class KeyLimiter(Protocol):
     """What a call needs from its key's limits, local (this process) or fleet-wide (Redis)."""
 
-    def estimate(self, upper: int) -> int:
-        """The tokens a call whose use is at most ``upper`` reserves, as of now."""
-        ...
-
-    async def acquire(self, upper: int) -> int:
-        """Wait for the call's turn; returns the tokens reserved for it (the estimate when its turn came: estimated
+    async def acquire(self, upper: int) -> Reservation:
+        """Wait for the call's turn; returns what was reserved for it (the estimate when its turn came: estimated
         when the call arrived, every call already waiting would keep reserving ``upper`` after the first settled)."""
         ...
 
-    async def settle(self, reserved: int, actual_tokens: int | None) -> None: ...
+    async def settle(self, reserved: Reservation, actual_tokens: int | None) -> None: ...
 
     async def pause(self, seconds: float) -> None: ...
 
@@ -129,8 +139,8 @@ class KeyLimits:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def acquire(self, upper: int) -> int:
-        """Wait until this key may make one more call of at most ``upper`` tokens; returns the tokens reserved."""
+    async def acquire(self, upper: int) -> Reservation:
+        """Wait until this key may make one more call of at most ``upper`` tokens; returns what was reserved."""
         await self.wait_unpaused()
         debt, self.token_debt = self.token_debt, 0
         reserved = self.estimate(upper)
@@ -143,7 +153,7 @@ class KeyLimits:
         await self._take("_tokens", amount)
         await self._take("_requests", lambda: 1)
         await self.wait_unpaused()
-        return reserved
+        return Reservation(reserved)
 
     async def _take(self, which: str, amount: Callable[[], int]) -> None:
         """Take ``amount()`` from the current limiter; if the limits (or the token estimate) change meanwhile, start
@@ -166,12 +176,12 @@ class KeyLimits:
             if taking in done:
                 return
 
-    async def settle(self, reserved: int, actual_tokens: int | None) -> None:
+    async def settle(self, reserved: Reservation, actual_tokens: int | None) -> None:
         """Correct the reservation by the call's real usage (a shortfall is taken from the next call)."""
         if actual_tokens is not None and self.tokens.observe(actual_tokens) and self._tokens is not None:
             self._restart_waiting()  # the estimate changed its footing: waiting calls reserve by the new one
         if self._tokens is not None and actual_tokens is not None:
-            self.token_debt += actual_tokens - reserved
+            self.token_debt += actual_tokens - reserved.tokens
 
     async def pause(self, seconds: float) -> None:
         """Stop every call on this key for ``seconds`` (the provider's reset after a 429)."""

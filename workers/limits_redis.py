@@ -2,8 +2,10 @@
 
 GCRA with reservations: a call reserves the next free slot in one atomic script (a single round trip) and sleeps
 until it. Time comes from Redis (``TIME``), so worker clocks do not matter. A 429 pauses the key for the whole
-fleet. Slots are reserved at most ``HORIZON_S`` ahead, so a changed limit (passed on every reservation) takes
-effect within that time, and nothing is booked far into the future under a rate that no longer holds.
+fleet. Slots are reserved at most ``HORIZON_S`` ahead (``TOKEN_HORIZON_S`` with a TPM limit), so a changed limit
+(passed on every reservation) takes effect within that time, and nothing is booked far into the future under a rate
+that no longer holds. Under a TPM limit the fleet also keeps its own copy of the provider's sliding window (see
+``_ACQUIRE``), and what a call reserves is learned from every worker's calls.
 
 In each process one pacer per key reserves slots for the calls waiting there, first come first served, so the
 Redis traffic follows the call rate, not the number of waiting calls. Under a requests-only limit it books every slot
@@ -23,17 +25,26 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from workers.limits import TokenEstimate
+from workers.limits import EARLY_MARGIN, ESTIMATE_SPREAD, LEARN_AFTER, LEAST_WEIGHT, Reservation
 
 KEY_PREFIX = "defeater:limit:"
-# slots are booked at most this far ahead
+# slots are booked at most this far ahead: a second's worth of slots per round trip under a requests-only limit; a key
+# with a TPM limit books one call per round trip anyway, and what is booked ahead, at estimates, is what the window
+# cannot yet correct (measured with benchmarks/limiter.py at 120,000 TPM: 1 s, 0.977-0.979 of the limit over the run;
+# 0.25 s, 0.982-0.987; 0.1 s, 0.988)
 HORIZON_S = 1.0
-# slots (and tokens) of the last this many seconds that nobody booked (this worker's calls came a little late, or
-# calls settled below their reservation) may still be booked, while the key is in use: at 0.99 of the limit a sliding
-# 60 s window then sees at most 0.99 + 0.25/60 of it. More is a burst the provider's window remembers for a minute:
-# with 6 s of tokens, a start that lagged (reservations of max_tokens given back late) came back as 28,000 tokens in
-# 10 s at 120,000 TPM, and the window that held them answered 429s a minute later
+TOKEN_HORIZON_S = 0.1
+# request slots of the last this many seconds that nobody booked (this worker's calls came a little late) may still be
+# booked, while the key is in use: at 0.99 of the limit a sliding 60 s window then sees at most 0.99 + 0.25/60 of it.
+# More is a burst the provider's window remembers for a minute.
 CATCH_UP_S = 0.25
+# the same for tokens, where the fleet's copy of the window keeps a catch-up from overfilling the provider's, and a
+# quarter second lost 1.3-1.9% of the limit for good when the workers' loops ran late (fleet.py at 120,000 TPM)
+TOKEN_CATCH_UP_S = 1.0
+# the providers' TPM window, and the width of its buckets in the fleet's copy (the fleet's window is coarser than the
+# provider's by up to a bucket: 0.17% of a minute)
+WINDOW_S = 60.0
+BUCKET_S = 0.1
 # while Redis cannot be reached, waiting calls keep waiting and the pacer tries again after this long
 REDIS_RETRY_S = 0.5
 # a budget without limits looks for a pause of its key (a 429 another worker met) at most this often
@@ -41,13 +52,33 @@ PAUSE_CHECK_S = 0.5
 
 log = logging.getLogger("defeater.limits")
 
-# KEYS: requests TAT, tokens TAT, paused-until.  ARGV: seconds per request (0: none), seconds per token (0: none),
-# tokens, horizon (seconds), calls waiting, catch-up (seconds).  Returns "R<wait>:<n>" (n slots
-# are reserved, the first in <wait> seconds (in the past: at once) and the others one request interval apart; n > 1
-# only without a token limit), "P<wait>" (the key is paused for <wait> seconds) or "L<wait>" (no slot within the
-# horizon: ask again when half of it is free, so that a process with many calls waiting books them half a horizon at
-# a time). Slots of the last <catch-up> seconds nobody booked are booked still, but only while the key is in use:
-# a key idle for longer starts from now, never with a burst.
+# KEYS: requests TAT, tokens TAT, paused-until, token window, token usage.  ARGV: seconds per request (0: none),
+# seconds per token (0: none), the call's token bound, horizon (seconds), calls waiting, catch-up (seconds), the token
+# window's room (tokens; 0: no window), the window (seconds), a bucket of it (seconds), then the estimate's settings:
+# calls seen before it follows the mean, its spread (in mean deviations), the early margin (times the most seen); then
+# the tokens' catch-up (seconds).
+# Returns "R<wait>:<n>:<bucket>:<tokens>:<expected>" (n slots are reserved, the first in <wait> seconds (in the past:
+# at once) and the others one request interval apart; n > 1 only without a token limit; <bucket>: the window's bucket
+# that holds the call, -1 without a window; <tokens>: what the call reserved, the fleet's estimate; <expected>: what
+# the window counts for it until it settles, the mean once learned), "P<wait>" (the key is paused for
+# <wait> seconds) or "L<wait>" (no slot within the horizon, or the window has no room for the tokens: ask again when
+# half of the horizon is free, so that a process with many calls waiting books them half a horizon at a time). Slots
+# of the last <catch-up> seconds (for tokens, the tokens' catch-up) nobody booked are booked still, but only while the
+# key is in use: a key idle for longer starts from now, never with a burst.
+#
+# The token window mirrors the provider's sliding one: tokens per bucket of time, by when the calls go out: what
+# settled calls used (``_SETTLE`` corrects the bucket) and, for calls in flight, the mean use (the reservation, a high
+# quantile, counted the calls in flight and booked ahead twice over and held the window 1.5% short of the pacing; until
+# the mean is learned, the reservation). The pacing alone lets a window overfill when
+# reservations shrink (a start learning what calls use, whose tokens given back are booked again while the provider's
+# window still holds those calls); the window refuses what would not fit, so that becomes a pause of the pacing, not
+# a 429 a minute later. Its hash holds the buckets and: t, the latest bucket booked; e, the buckets up to which are
+# gone; s, the sum of the rest. A booking's window is its bucket, the window's worth before it, and one more (a
+# minute back from a time within a bucket reaches into the bucket before), up to t.
+#
+# The token estimate (what a call reserves) is the fleet's, learned from every worker's settled calls (``_SETTLE``),
+# as ``workers.limits.TokenEstimate`` learns in one process: each worker learning alone made the start reserve the
+# bound, then twice the most seen, once per worker, and each such reservation given back was a burst.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -59,12 +90,24 @@ local horizon = tonumber(ARGV[4])
 local per_request = tonumber(ARGV[1])
 local per_token = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
+local expected = tokens
+if per_token > 0 and tokens > 0 then
+  local usage = redis.call('HMGET', KEYS[5], 'n', 'most', 'mean', 'dev')
+  local seen = tonumber(usage[1] or '0')
+  if seen >= tonumber(ARGV[10]) then
+    tokens = math.min(tokens, math.ceil(tonumber(usage[3]) + tonumber(ARGV[11]) * tonumber(usage[4])))
+    expected = math.min(tokens, math.ceil(tonumber(usage[3])))
+  elseif seen > 0 then
+    tokens = math.min(tokens, tonumber(ARGV[12]) * tonumber(usage[2]))
+    expected = tokens
+  end
+end
 local request_tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if request_tat < now - tonumber(ARGV[6]) then
   request_tat = now
 end
 local token_tat = tonumber(redis.call('GET', KEYS[2]) or '0')
-if token_tat < now - tonumber(ARGV[6]) then
+if token_tat < now - tonumber(ARGV[13]) then
   token_tat = now
 end
 local wait = 0
@@ -76,6 +119,39 @@ if per_token > 0 and tokens > 0 then
 end
 if wait > horizon then
   return 'L' .. tostring(wait - horizon / 2)
+end
+local bucket = -1
+local room = tonumber(ARGV[7])
+if per_token > 0 and tokens > 0 and room > 0 then
+  local width = tonumber(ARGV[9])
+  local span = math.floor(tonumber(ARGV[8]) / width + 0.5)
+  local kept = math.ceil((horizon + tonumber(ARGV[13])) / width) + 2
+  bucket = math.floor(math.max(wait, 0) / width + now / width)
+  local top = math.max(tonumber(redis.call('HGET', KEYS[4], 't') or '-1'), bucket)
+  local edge = tonumber(redis.call('HGET', KEYS[4], 'e') or '-1')
+  local sum = tonumber(redis.call('HGET', KEYS[4], 's') or '0')
+  local new_edge = top - span - kept
+  if edge < 0 or new_edge - edge > span + kept then
+    redis.call('DEL', KEYS[4])
+    sum = 0
+    edge = new_edge
+  end
+  for i = edge + 1, new_edge do
+    sum = sum - tonumber(redis.call('HGET', KEYS[4], i) or '0')
+    redis.call('HDEL', KEYS[4], i)
+  end
+  edge = math.max(edge, new_edge)
+  local held = sum
+  for i = edge + 1, bucket - span - 1 do
+    held = held - tonumber(redis.call('HGET', KEYS[4], i) or '0')
+  end
+  redis.call('HSET', KEYS[4], 't', top, 'e', edge, 's', sum)
+  redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[8]) * 1000) + 60000)
+  if held + expected > room then
+    return 'L' .. tostring(math.max(wait, 0) + width)
+  end
+  redis.call('HINCRBY', KEYS[4], bucket, expected)
+  redis.call('HINCRBY', KEYS[4], 's', expected)
 end
 local n = 1
 local calls = tonumber(ARGV[5])
@@ -94,15 +170,44 @@ if per_token > 0 and tokens > 0 then
   local tat = token_tat + tokens * per_token
   redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 60000)
 end
-return 'R' .. tostring(wait) .. ':' .. tostring(n)
+return 'R' .. tostring(wait) .. ':' .. tostring(n) .. ':' .. tostring(bucket) .. ':' .. tostring(tokens) .. ':' ..
+  tostring(expected)
 """
 
-# KEYS: tokens TAT.  ARGV: seconds per token, tokens to add (negative gives back).
+# KEYS: tokens TAT, token window, token usage.  ARGV: seconds per token, the tokens the call used, the tokens it
+# reserved, its bucket (-1: none), the least weight of a call in the running means, the tokens its bucket counted.
+# Corrects the pacing by what the call used over what it reserved, and the call's bucket (only while the window still
+# keeps it: older ones are deleted) over what that counted; learns the fleet's estimate from it (as
+# ``TokenEstimate.observe``).
 _SETTLE = """
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat > 0 then
-  redis.call('SET', KEYS[1], tostring(tat + tonumber(ARGV[1]) * tonumber(ARGV[2])), 'KEEPTTL')
+local used = tonumber(ARGV[2])
+local more = used - tonumber(ARGV[3])
+if more ~= 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat > 0 then
+    redis.call('SET', KEYS[1], tostring(tat + tonumber(ARGV[1]) * more), 'KEEPTTL')
+  end
 end
+more = used - tonumber(ARGV[6])
+local bucket = tonumber(ARGV[4])
+if more ~= 0 and bucket >= 0 and redis.call('HEXISTS', KEYS[2], bucket) == 1 then
+  redis.call('HINCRBY', KEYS[2], bucket, more)
+  redis.call('HINCRBY', KEYS[2], 's', more)
+end
+local usage = redis.call('HMGET', KEYS[3], 'n', 'most', 'mean', 'dev')
+local seen = tonumber(usage[1] or '0') + 1
+local most = math.max(tonumber(usage[2] or '0'), used)
+local mean = used
+local dev = 0
+if seen > 1 then
+  mean = tonumber(usage[3])
+  dev = tonumber(usage[4])
+  local weight = math.max(1 / seen, tonumber(ARGV[5]))
+  dev = dev + (math.abs(used - mean) - dev) * weight
+  mean = mean + (used - mean) * weight
+end
+redis.call('HSET', KEYS[3], 'n', seen, 'most', most, 'mean', tostring(mean), 'dev', tostring(dev))
+redis.call('PEXPIRE', KEYS[3], 600000)
 return 1
 """
 
@@ -135,7 +240,13 @@ class RedisKeyLimits:
     ) -> None:
         self.redis = redis
         budget = f"{KEY_PREFIX}{pool}:{key}"
-        self.keys = [f"{budget}:requests", f"{budget}:tokens", f"{KEY_PREFIX}{key}:paused"]
+        self.keys = [
+            f"{budget}:requests",
+            f"{budget}:tokens",
+            f"{KEY_PREFIX}{key}:paused",
+            f"{budget}:window",
+            f"{budget}:usage",
+        ]
         self.safety = safety
         self.rpm = rpm
         self.tpm = tpm
@@ -144,14 +255,10 @@ class RedisKeyLimits:
         self._pause = redis.register_script(_PAUSE)
         self._paused_for = redis.register_script(_PAUSED_FOR)
         self._pause_checked_at = -PAUSE_CHECK_S
-        self._waiting: collections.deque[tuple[int, asyncio.Future[int]]] = collections.deque()
+        self._waiting: collections.deque[tuple[int, asyncio.Future[Reservation]]] = collections.deque()
         self._pacer: asyncio.Task[None] | None = None
         # a pause this process knows of (its own 429s, or one the pacer met), checked again just before a call
         self._paused_until = 0.0
-        self.tokens = TokenEstimate()
-
-    def estimate(self, upper: int) -> int:
-        return self.tokens.of(upper) if self.tpm else upper
 
     def update(self, rpm: int | None, tpm: int | None) -> None:
         self.rpm, self.tpm = rpm, tpm
@@ -162,14 +269,23 @@ class RedisKeyLimits:
     def _per_token(self) -> float:
         return 60.0 / (self.tpm * self.safety) if self.tpm else 0.0
 
-    async def acquire(self, upper: int) -> int:
-        """Wait for this call's slot across the fleet (and for any pause of the key to end); returns the tokens
-        reserved, estimated when the slot was booked."""
-        reserved = upper
+    def _horizon(self) -> float:
+        return TOKEN_HORIZON_S if self.tpm else HORIZON_S
+
+    def _window_room(self) -> int:
+        """The tokens the fleet's copy of the provider's window may hold (0: no TPM limit, no window): halfway from the
+        pacing's rate (``safety`` of the limit) to the limit, which leaves room for calls in flight using more than the
+        mean (at 0.99 and 120,000 TPM: 600 tokens, about three standard deviations of that in the benchmarks)."""
+        return int(self.tpm * WINDOW_S / 60.0 * (1.0 + self.safety) / 2) if self.tpm else 0
+
+    async def acquire(self, upper: int) -> Reservation:
+        """Wait for this call's slot across the fleet (and for any pause of the key to end); returns what was
+        reserved: the tokens estimated when the slot was booked, and the window's bucket that holds it."""
+        reserved = Reservation(upper)
         if not self.rpm and not self.tpm:
             await self._check_fleet_pause()
         else:
-            granted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            granted: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
             self._waiting.append((upper, granted))
             if self._pacer is None or self._pacer.done():
                 self._pacer = asyncio.create_task(self._pace(), name=f"pacer {self.keys[0]}")
@@ -200,15 +316,21 @@ class RedisKeyLimits:
             if granted.done():  # its call was cancelled
                 self._waiting.popleft()
                 continue
-            tokens = self.estimate(upper)
             calls = 1 if self.tpm else sum(1 for _, future in self._waiting if not future.done())
             args: list[Any] = [
                 self._per_request(),
                 self._per_token(),
-                tokens,
-                HORIZON_S,
+                upper,
+                self._horizon(),
                 calls,
                 CATCH_UP_S,
+                self._window_room(),
+                WINDOW_S,
+                BUCKET_S,
+                LEARN_AFTER,
+                ESTIMATE_SPREAD,
+                EARLY_MARGIN,
+                TOKEN_CATCH_UP_S,
             ]
             try:
                 reply = await self._acquire(keys=self.keys, args=args)
@@ -219,21 +341,25 @@ class RedisKeyLimits:
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
             kind, rest = text[0], text[1:]
             if kind == "R":
-                wait, _, count = rest.partition(":")
-                self._hand_out(loop, float(wait), int(count or 1), float(args[0]), tokens)
+                wait, count, bucket, tokens, expected = rest.split(":")
+                at = int(bucket) if int(bucket) >= 0 else None
+                reserved = Reservation(int(float(tokens)), at, int(float(expected)))
+                self._hand_out(loop, float(wait), int(count), float(args[0]), reserved)
                 continue
             seconds = max(float(rest), 0.0)
             if kind == "P":
                 self._paused_until = max(self._paused_until, time.monotonic() + seconds)
             else:
-                # calls settling below their reservation bring the slot closer meanwhile: look again soon (a pacer
-                # that slept until the slot it was told of let those tokens go by unused)
-                seconds = min(seconds, HORIZON_S / 2)
+                # calls settling below their reservation bring the slot closer, and the window frees room, meanwhile:
+                # look again soon (a pacer that slept until the slot it was told of let those tokens go by unused)
+                seconds = min(seconds, self._horizon() / 2)
             await asyncio.sleep(seconds)
 
-    def _hand_out(self, loop: asyncio.AbstractEventLoop, wait: float, count: int, interval: float, tokens: int) -> None:
+    def _hand_out(
+        self, loop: asyncio.AbstractEventLoop, wait: float, count: int, interval: float, reserved: Reservation
+    ) -> None:
         """Hand ``count`` reserved slots to the calls first in line: the first in ``wait`` seconds, the others one
-        request interval apart (slots already past are handed out at once). ``tokens``: what the first reserved
+        request interval apart (slots already past are handed out at once). ``reserved``: what the first reserved
         (with a token limit there is only one; without, what each reserves does not matter)."""
         for i in range(count):
             while self._waiting and self._waiting[0][1].done():
@@ -241,15 +367,18 @@ class RedisKeyLimits:
             if not self._waiting:
                 return  # calls cancelled meanwhile: their slots go unused
             _, granted = self._waiting.popleft()
-            loop.call_later(max(wait + i * interval, 0.0), _grant, granted, tokens)
+            loop.call_later(max(wait + i * interval, 0.0), _grant, granted, reserved)
 
-    async def settle(self, reserved: int, actual_tokens: int | None) -> None:
-        """Correct the reserved tokens by the call's real usage (best effort: Redis may be away)."""
-        if actual_tokens is not None:
-            self.tokens.observe(actual_tokens)
-        if self.tpm and actual_tokens is not None and actual_tokens != reserved:
+    async def settle(self, reserved: Reservation, actual_tokens: int | None) -> None:
+        """Correct the reservation by the call's real usage, in the pacing and in the window's bucket that holds the
+        call (best effort: Redis may be away)."""
+        if self.tpm and actual_tokens is not None:
+            bucket = -1 if reserved.bucket is None else reserved.bucket
             try:
-                await self._settle(keys=self.keys[1:2], args=[self._per_token(), actual_tokens - reserved])
+                await self._settle(
+                    keys=[self.keys[1], self.keys[3], self.keys[4]],
+                    args=[self._per_token(), actual_tokens, reserved.tokens, bucket, LEAST_WEIGHT, reserved.counted],
+                )
             except Exception as exc:
                 log.warning("settling tokens failed (%s: %s)", type(exc).__name__, exc)
 
@@ -262,9 +391,9 @@ class RedisKeyLimits:
             log.warning("pausing the key fleet-wide failed (%s: %s)", type(exc).__name__, exc)
 
 
-def _grant(granted: asyncio.Future[int], tokens: int) -> None:
+def _grant(granted: asyncio.Future[Reservation], reserved: Reservation) -> None:
     if not granted.done():
-        granted.set_result(tokens)
+        granted.set_result(reserved)
 
 
 class RedisLimits:

@@ -17,7 +17,7 @@ from workers.executor.ledger import Claimed, JudgeContext
 from workers.executor.writer import ResultWriter, UnitUpdate
 from workers.judge.prompt import PROMPT_VERSION, SCHEMA, SCHEMA_NAME, CaseView, parse, render
 from workers.judge.prompt import SYSTEM as JUDGE_SYSTEM
-from workers.limits import KeyLimiter, Limits, LimitsSource
+from workers.limits import KeyLimiter, Limits, LimitsSource, Reservation
 from workers.providers.base import CallResult, CallSpec, ProviderError, RetryKind
 from workers.providers.errors import classify
 from workers.providers.prices import PriceTable
@@ -165,8 +165,8 @@ def reused_row(job_id: uuid.UUID, target: Target, unit: Claimed, earlier: Respon
     }
 
 
-async def _acquire(runtime: Runtime, key_limits: KeyLimiter, upper: int) -> int:
-    """Wait for the call's slot, known to the runtime as waiting (cancellable at no cost) meanwhile; returns the tokens
+async def _acquire(runtime: Runtime, key_limits: KeyLimiter, upper: int) -> Reservation:
+    """Wait for the call's slot, known to the runtime as waiting (cancellable at no cost) meanwhile; returns what was
     reserved."""
     task = asyncio.current_task()
     if task is not None:
