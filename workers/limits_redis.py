@@ -67,12 +67,13 @@ log = logging.getLogger("defeater.limits")
 # key is in use: a key idle for longer starts from now, never with a burst.
 #
 # The token window mirrors the provider's sliding one: tokens per bucket of time, by when the calls go out: what
-# settled calls used (``_SETTLE`` corrects the bucket) and, for calls in flight, the mean use (the reservation, a high
-# quantile, counted the calls in flight and booked ahead twice over and held the window 1.5% short of the pacing; until
-# the mean is learned, the reservation). The pacing alone lets a window overfill when
-# reservations shrink (a start learning what calls use, whose tokens given back are booked again while the provider's
-# window still holds those calls); the window refuses what would not fit, so that becomes a pause of the pacing, not
-# a 429 a minute later. Its hash holds the buckets and: t, the latest bucket booked; e, the buckets up to which are
+# settled calls used (``_SETTLE`` corrects the bucket) and, for calls in flight, the mean use (until the mean is
+# learned, the reservation; counting the reservation, a high quantile, for every call in flight and booked ahead held
+# the window 1.5% short of the pacing). The pacing alone lets a window overfill when reservations shrink (a start
+# learning what calls use, whose tokens given back are booked again while the provider's window still holds those
+# calls); the window refuses what would not fit, so that becomes a pause of the pacing, not a 429 a minute later. An
+# empty window takes any call, however big (one that asks more than the limit is the provider's to refuse; here it
+# would wait for ever). Its hash holds the buckets and: t, the latest bucket booked; e, the buckets up to which are
 # gone; s, the sum of the rest. A booking's window is its bucket, the window's worth before it, and one more (a
 # minute back from a time within a bucket reaches into the bucket before), up to t.
 #
@@ -147,7 +148,7 @@ if per_token > 0 and tokens > 0 and room > 0 then
   end
   redis.call('HSET', KEYS[4], 't', top, 'e', edge, 's', sum)
   redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[8]) * 1000) + 60000)
-  if held + expected > room then
+  if held > 0 and held + expected > room then
     return 'L' .. tostring(math.max(wait, 0) + width)
   end
   redis.call('HINCRBY', KEYS[4], bucket, expected)

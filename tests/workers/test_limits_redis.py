@@ -217,6 +217,14 @@ async def test_the_fleet_window_never_holds_more_than_the_limit(redis: Redis, mo
     assert sum(used for *_, used, _ in calls) >= 0.5 * 6_000
 
 
+async def test_a_call_bigger_than_the_window_still_goes_when_the_window_is_empty(redis: Redis) -> None:
+    # 1,200 TPM and a call that may use 2,050 (a reasoning model's max_tokens): the window can never fit it beside
+    # another call, but it must not wait for ever; the provider says whether it is too large
+    limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", None, 1_200)
+    reserved = await asyncio.wait_for(limits.acquire(2_050), timeout=2.0)
+    assert reserved.tokens == 2_050
+
+
 async def test_calls_waiting_when_the_first_settles_reserve_by_it_not_by_their_bound(redis: Redis) -> None:
     limits = RedisLimits(redis, safety=1.0).for_key(f"test-{uuid.uuid4().hex}", None, 60_000)  # 1,000 a second
     started = time.monotonic()
