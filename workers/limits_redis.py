@@ -41,6 +41,10 @@ CATCH_UP_S = 0.25
 # the same for tokens, where the fleet's copy of the window keeps a catch-up from overfilling the provider's, and a
 # quarter second lost 1.3-1.9% of the limit for good when the workers' loops ran late (fleet.py at 120,000 TPM)
 TOKEN_CATCH_UP_S = 1.0
+# a pacer told its next token slot is N s away sleeps until it enters the horizon, but at most this long: calls
+# settling below their reservation bring it closer meanwhile, and waking after the slot costs nothing within the
+# tokens' catch-up (waking every half horizon, 0.05 s, cost ~0.9 ms of CPU per call)
+TOKEN_LOOK_AGAIN_S = 0.25
 # the providers' TPM window, and the width of its buckets in the fleet's copy (the fleet's window is coarser than the
 # provider's by up to a bucket: 0.17% of a minute)
 WINDOW_S = 60.0
@@ -119,6 +123,9 @@ if per_token > 0 and tokens > 0 then
   wait = math.max(wait, token_tat - now)
 end
 if wait > horizon then
+  if per_token > 0 and tokens > 0 then
+    return 'L' .. tostring(wait - horizon)
+  end
   return 'L' .. tostring(wait - horizon / 2)
 end
 local bucket = -1
@@ -353,7 +360,7 @@ class RedisKeyLimits:
             else:
                 # calls settling below their reservation bring the slot closer, and the window frees room, meanwhile:
                 # look again soon (a pacer that slept until the slot it was told of let those tokens go by unused)
-                seconds = min(seconds, self._horizon() / 2)
+                seconds = min(seconds, TOKEN_LOOK_AGAIN_S if self.tpm else HORIZON_S / 2)
             await asyncio.sleep(seconds)
 
     def _hand_out(
