@@ -65,8 +65,9 @@ log = logging.getLogger("defeater.limits")
 # at once) and the others one request interval apart; n > 1 only without a token limit; <bucket>: the window's bucket
 # that holds the call, -1 without a window; <tokens>: what the call reserved, the fleet's estimate; <expected>: what
 # the window counts for it until it settles, the mean once learned), "P<wait>" (the key is paused for
-# <wait> seconds) or "L<wait>" (no slot within the horizon, or the window has no room for the tokens: ask again when
-# half of the horizon is free, so that a process with many calls waiting books them half a horizon at a time). Slots
+# <wait> seconds) or "L<wait>" (no slot within the horizon, or the window has no room for the tokens: ask again in
+# <wait> seconds: under a requests-only limit when half of the horizon is free, so that a process with many calls
+# waiting books them half a horizon at a time; under a TPM limit when the slot enters the horizon). Slots
 # of the last <catch-up> seconds (for tokens, the tokens' catch-up) nobody booked are booked still, but only while the
 # key is in use: a key idle for longer starts from now, never with a burst.
 #
