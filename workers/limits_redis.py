@@ -136,9 +136,10 @@ if per_token > 0 and tokens > 0 and room > 0 then
   local span = math.floor(tonumber(ARGV[8]) / width + 0.5)
   local kept = math.ceil((horizon + tonumber(ARGV[13])) / width) + 2
   bucket = math.floor(math.max(wait, 0) / width + now / width)
-  local top = math.max(tonumber(redis.call('HGET', KEYS[4], 't') or '-1'), bucket)
-  local edge = tonumber(redis.call('HGET', KEYS[4], 'e') or '-1')
-  local sum = tonumber(redis.call('HGET', KEYS[4], 's') or '0')
+  local state = redis.call('HMGET', KEYS[4], 't', 'e', 's')
+  local top = math.max(tonumber(state[1] or '-1'), bucket)
+  local edge = tonumber(state[2] or '-1')
+  local sum = tonumber(state[3] or '0')
   local new_edge = top - span - kept
   if edge < 0 or new_edge - edge > span + kept then
     redis.call('DEL', KEYS[4])
@@ -151,8 +152,14 @@ if per_token > 0 and tokens > 0 and room > 0 then
   end
   edge = math.max(edge, new_edge)
   local held = sum
-  for i = edge + 1, bucket - span - 1 do
-    held = held - tonumber(redis.call('HGET', KEYS[4], i) or '0')
+  if bucket - span - 1 > edge then
+    local older = {}
+    for i = edge + 1, bucket - span - 1 do
+      older[#older + 1] = i
+    end
+    for _, tokens_then in ipairs(redis.call('HMGET', KEYS[4], unpack(older))) do
+      held = held - tonumber(tokens_then or '0')
+    end
   end
   redis.call('HSET', KEYS[4], 't', top, 'e', edge, 's', sum)
   redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[8]) * 1000) + 60000)
