@@ -206,8 +206,8 @@ async def test_the_fleet_window_never_holds_more_than_the_limit(redis: Redis, mo
     await asyncio.gather(*callers, return_exceptions=True)
     for end, *_ in calls:
         held = sum(used for at, _, used, _ in calls if end - 2.0 < at <= end)
-        # calls in flight when the window's last call was booked (up to a horizon before it went)
-        booked = end - HORIZON_S - limits_redis.BUCKET_S
+        # calls in flight when the window's last call was booked (up to a token horizon before it went)
+        booked = end - limits_redis.TOKEN_HORIZON_S - limits_redis.BUCKET_S
         over_the_mean = sum(
             max(used - counted, 0) for at, settled, used, counted in calls if at <= end and settled > booked
         )
