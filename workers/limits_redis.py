@@ -97,7 +97,8 @@ local per_request = tonumber(ARGV[1])
 local per_token = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
 local expected = tokens
-if per_token > 0 and tokens > 0 then
+local by_tokens = per_token > 0 and tokens > 0
+if by_tokens then
   local usage = redis.call('HMGET', KEYS[5], 'n', 'most', 'mean', 'dev')
   local seen = tonumber(usage[1] or '0')
   if seen >= tonumber(ARGV[10]) then
@@ -120,18 +121,18 @@ local wait = 0
 if per_request > 0 then
   wait = request_tat - now
 end
-if per_token > 0 and tokens > 0 then
+if by_tokens then
   wait = math.max(wait, token_tat - now)
 end
 if wait > horizon then
-  if per_token > 0 and tokens > 0 then
+  if by_tokens then
     return 'L' .. tostring(wait - horizon)
   end
   return 'L' .. tostring(wait - horizon / 2)
 end
 local bucket = -1
 local room = tonumber(ARGV[7])
-if per_token > 0 and tokens > 0 and room > 0 then
+if by_tokens and room > 0 then
   local width = tonumber(ARGV[9])
   local span = math.floor(tonumber(ARGV[8]) / width + 0.5)
   local kept = math.ceil((horizon + tonumber(ARGV[13])) / width) + 2
@@ -146,21 +147,27 @@ if per_token > 0 and tokens > 0 and room > 0 then
     sum = 0
     edge = new_edge
   end
-  for i = edge + 1, new_edge do
-    sum = sum - tonumber(redis.call('HGET', KEYS[4], i) or '0')
-    redis.call('HDEL', KEYS[4], i)
+  -- the buckets first..last and the tokens they hold (none when last < first)
+  local function buckets(first, last)
+    local fields, held = {}, 0
+    for i = first, last do
+      fields[#fields + 1] = i
+    end
+    if #fields > 0 then
+      for _, tokens_then in ipairs(redis.call('HMGET', KEYS[4], unpack(fields))) do
+        held = held + tonumber(tokens_then or '0')
+      end
+    end
+    return fields, held
+  end
+  local gone, gone_tokens = buckets(edge + 1, new_edge)
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[4], unpack(gone))
+    sum = sum - gone_tokens
   end
   edge = math.max(edge, new_edge)
-  local held = sum
-  if bucket - span - 1 > edge then
-    local older = {}
-    for i = edge + 1, bucket - span - 1 do
-      older[#older + 1] = i
-    end
-    for _, tokens_then in ipairs(redis.call('HMGET', KEYS[4], unpack(older))) do
-      held = held - tonumber(tokens_then or '0')
-    end
-  end
+  local _, older_tokens = buckets(edge + 1, bucket - span - 1)
+  local held = sum - older_tokens
   redis.call('HSET', KEYS[4], 't', top, 'e', edge, 's', sum)
   redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[8]) * 1000) + 60000)
   if held > 0 and held + expected > room then
@@ -182,7 +189,7 @@ if per_request > 0 then
   local tat = request_tat + n * per_request
   redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 60000)
 end
-if per_token > 0 and tokens > 0 then
+if by_tokens then
   local tat = token_tat + tokens * per_token
   redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 60000)
 end
