@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.base import utcnow
 from service.db.models import (
+    UNSCORABLE,
     Case,
     ConfigRole,
     Job,
@@ -224,11 +225,13 @@ async def reopen_failed(
     session: AsyncSession, job_id: uuid.UUID, phase: RetryPhase, reasons: Collection[str | None]
 ) -> int:
     """Put the job's failed units of one phase whose reason is one of ``reasons`` back to pending, as if never tried:
-    no lease, no backoff, no error, and their attempt counters at zero, so the retry policy gives them a fresh budget.
-    Returns how many. Flushes only."""
+    no lease, no backoff, no failure, and their attempt counters at zero, so the retry policy gives them a fresh
+    budget. Returns how many. Flushes only."""
     model = _UNITS[phase]
     named = [r for r in reasons if r is not None]
     which = [model.failure_reason.in_(named)] + ([model.failure_reason.is_(None)] if None in reasons else [])
+    # an unscorable judgement keeps its re-ask count: it is asked again under idempotency keys not used yet
+    reasked = model.failure_reason == UNSCORABLE
     stmt = (
         update(model)
         .where(model.job_id == job_id, model.state == UnitState.failed, or_(*which))
@@ -236,8 +239,8 @@ async def reopen_failed(
             state=UnitState.pending,
             attempts=0,
             rate_limited=0,
-            error_repeats=0,
-            last_error=None,
+            error_repeats=case((reasked, model.error_repeats), else_=0),
+            last_error=case((reasked, model.last_error), else_=None),
             leased_by=None,
             lease_expires_at=None,
             not_before=None,

@@ -44,8 +44,9 @@ async def _finished(session: AsyncSession, job_id: uuid.UUID, state: JobState = 
         request.state, request.attempts = UnitState.succeeded, 1
         judgement = Judgement(id=uuid.uuid4(), job_id=job_id, request_id=request.id, judge_config_id=judge_id,
                               state=UnitState.succeeded, attempts=1)  # fmt: skip
-        if i == 0:
+        if i == 0:  # three answers that did not validate
             _fail(judgement, "unscorable")
+            judgement.rate_limited, judgement.error_repeats, judgement.last_error = 0, 3, "invalid verdict"
         session.add(judgement)
     job.state, job.error = state, "something went wrong"
     job.started_at, job.finished_at = utcnow() - timedelta(minutes=5), utcnow() - timedelta(minutes=1)
@@ -86,7 +87,10 @@ async def test_a_finished_jobs_failed_units_go_back_to_pending_and_the_job_runs_
     reopened = {unit for unit, row in before.items() if row[0] is UnitState.failed}
     assert len(reopened) == 3
     for unit in reopened:  # as if never tried: a fresh budget for the retry policy
-        assert after[unit][:9] == (UnitState.pending, 0, 0, 0, None, None, None, None, None)
+        unscorable = before[unit][5] == "unscorable"
+        # but an unscorable judgement is asked again under the next re-ask's idempotency key, not the first one
+        kept = (3, "invalid verdict") if unscorable else (0, None)
+        assert after[unit][:9] == (UnitState.pending, 0, 0, *kept, None, None, None, None)
     assert {u: after[u] for u in before if u not in reopened} == {u: before[u] for u in before if u not in reopened}
     assert (await client.get(f"/v1/jobs/{job_id}")).json()["state"] == "running"
 
