@@ -1,8 +1,10 @@
-"""``defeater run``: create (or resume) a job and execute it embedded, with a live progress display."""
+"""``defeater run``: create (or resume) a job and execute it embedded, with a live progress display; and
+``defeater retry``: run a finished job's failed units again (on the service, or embedded on the local ledger)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import uuid
@@ -12,8 +14,9 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import client as api
 from service.cli import (
     AuthorityOpt,
     BudgetOpt,
@@ -35,10 +38,12 @@ from service.cli import (
     out,
     print_status,
 )
+from service.cli_client import _follow
 from service.datasets.service import STARTER_NAME
 from service.errors import DefeaterError, FieldError, ValidationFailed
+from service.exit_codes import ExitCode
 from service.jobs import service as jobs
-from service.jobs.schemas import JobRead
+from service.jobs.schemas import JobRead, JobRetry, RetryPhase
 from service.results.display import print_results
 from service.results.service import results
 from service.settings import Settings
@@ -76,33 +81,91 @@ async def run_command(
             status = await (
                 _resume(session, resume, budget) if resume else create_job_from_flags(session, flags, settings)
             )
-        if output != "json":
-            out.print(f"job [bold]{status.id}[/]: {status.request_count} requests ({status.case_count} cases)")
-        runtime = Runtime.build(settings)
-        executor = EmbeddedExecutor(runtime, sessionmaker)
-        done_before = status.progress.requests.succeeded + status.progress.requests.failed
-        try:
-            with _interrupts(executor), _reporter(status.request_count, done_before, output != "json") as tick:
-                outcome = await executor.run_job(status.id, on_tick=tick)
-        finally:
-            await runtime.adapters.aclose()
-        async with sessionmaker() as session:
-            job = await jobs.get_job(session, status.id)
-            final = await jobs.read_job(session, job)
-            figures = await results(session, job)
+        code = await execute(sessionmaker, settings, status, output)
+    raise typer.Exit(code)
+
+
+async def execute(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, status: JobRead, output: str
+) -> int:
+    """Run the job in this process with a live display (Ctrl-C stops it cleanly), print how it ended and its
+    results, and return the exit code: where ``defeater run`` and ``defeater retry`` on the local ledger end."""
+    if output != "json":
+        out.print(f"job [bold]{status.id}[/]: {status.request_count} requests ({status.case_count} cases)")
+    runtime = Runtime.build(settings)
+    executor = EmbeddedExecutor(runtime, sessionmaker)
+    done_before = status.progress.requests.succeeded + status.progress.requests.failed
+    try:
+        with _interrupts(executor), _reporter(status.request_count, done_before, output != "json") as tick:
+            outcome = await executor.run_job(status.id, on_tick=tick)
+    finally:
+        await runtime.adapters.aclose()
+    async with sessionmaker() as session:
+        job = await jobs.get_job(session, status.id)
+        final = await jobs.read_job(session, job)
+        figures = await results(session, job)
     _summary(outcome, final, output)
     if output != "json":
         print_results(out, figures)
-    raise typer.Exit(EXIT_CODES.get(outcome.state, 1))
+    return EXIT_CODES.get(outcome.state, 1)
+
+
+@app.command("retry")
+@command
+async def retry_command(
+    job: Annotated[str, typer.Argument(help="the job's id")],
+    reason: Annotated[
+        list[str],
+        typer.Option(help="only units that failed for this reason (as the job's errors show it, or its first word)"),
+    ] = [],  # noqa: B006
+    phase: Annotated[RetryPhase | None, typer.Option(help="only target requests, or only judgements")] = None,
+    wait: Annotated[
+        bool, typer.Option(help="with DEFEATER_URL: follow the job until it ends (as `defeater wait`)")
+    ] = False,
+    output: FormatOpt = "table",
+) -> None:
+    """Run a failed or completed job's failed units again (all, or by --reason and --phase); nothing that succeeded
+    is called again. With DEFEATER_URL set the service runs them; otherwise they run here, on the local ledger, as
+    with `defeater run --resume`."""
+    job_id, body = _job_id(job, "JOB"), JobRetry(reasons=reason or None, phase=phase)
+    if os.environ.get("DEFEATER_URL"):
+        raise typer.Exit(_retry_on_service(str(job_id), body, wait, output))
+    settings = Settings()
+    async with local_db(settings) as sessionmaker:
+        async with sessionmaker() as session:
+            retried = await jobs.retry_job(session, job_id, body)
+            await session.commit()
+            status = await jobs.read_job(session, retried.job)
+        if output != "json":
+            out.print(_retried(status.id, retried.units.requests, retried.units.judgements), highlight=False)
+        code = await execute(sessionmaker, settings, status, output)
+    raise typer.Exit(code)
+
+
+def _retry_on_service(job_id: str, body: JobRetry, wait: bool, output: str) -> int:
+    """POST the retry to the service; with ``wait``, follow the job as `defeater wait` does."""
+    with api.ServiceClient() as client:
+        status = client.call("POST", f"/v1/jobs/{job_id}/retry", json=body.model_dump(mode="json", exclude_none=True))
+        if output == "json" and not wait:
+            out.print_json(data=status)
+        else:
+            out.print(_retried(job_id, status["retried"]["requests"], status["retried"]["judgements"]), highlight=False)
+        return _follow(client, job_id) if wait else ExitCode.OK
+
+
+def _retried(job_id: object, requests: int, judgements: int) -> str:
+    return f"job {job_id}: {requests} failed request(s) and {judgements} failed judgement(s) back to pending; running"
+
+
+def _job_id(ref: str, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        raise ValidationFailed(f"{name} {ref!r} is not a job id", [FieldError(name, "not a UUID")]) from None
 
 
 async def _resume(session: AsyncSession, job_ref: str, budget: float | None) -> JobRead:
-    try:
-        job_id = uuid.UUID(job_ref)
-    except ValueError:
-        raise ValidationFailed(
-            f"--resume {job_ref!r} is not a job id", [FieldError("--resume", "not a UUID")]
-        ) from None
+    job_id = _job_id(job_ref, "--resume")
     job = await jobs.get_job(session, job_id)
     if budget is not None:
         job.budget_usd = budget

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from service.db.base import utcnow
-from service.db.models import ModelConfig, Outcome, Response, UnitState
+from service.db.models import UNSCORABLE, ModelConfig, Outcome, Response, UnitState
 from service.settings import Settings
 from workers.executor.ledger import Claimed, JudgeContext
 from workers.executor.writer import ResultWriter, UnitUpdate
@@ -266,11 +266,15 @@ async def run_judgement(
     elif unit.attempts - unit.rate_limited >= runtime.settings.executor.judge_parse_attempts:
         stats.unscorable += 1
         detail = f"no valid verdict in {unit.attempts - unit.rate_limited} answers; the last is kept in raw_text"
+        # it keeps the re-ask count, so that a retry of the job asks again under keys not used yet (a provider that
+        # honours idempotency keys would hand back the answers that did not validate)
         update = UnitUpdate(
             unit.id,
             UnitState.failed,
             rate_limited=unit.rate_limited,
-            failure_reason="unscorable",
+            last_error=INVALID_VERDICT,
+            error_repeats=reasks + 1,
+            failure_reason=UNSCORABLE,
             failure_detail=detail,
         )
         writer.add_judgement(update, values)

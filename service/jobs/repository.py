@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import String, case, cast, false, func, insert, literal, null, select, union_all
+from sqlalchemy import String, case, cast, false, func, insert, literal, null, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.base import utcnow
 from service.db.models import (
+    UNSCORABLE,
     Case,
     ConfigRole,
     Job,
@@ -21,7 +23,7 @@ from service.db.models import (
     Response,
     UnitState,
 )
-from service.jobs.schemas import JobFilters, UnitCounts
+from service.jobs.schemas import JobFilters, RetryPhase, UnitCounts
 
 REQUEST_INSERT_BATCH = 5_000
 REQUEST_COLUMNS = (
@@ -194,3 +196,58 @@ async def prompt_version(session: AsyncSession, job_id: uuid.UUID) -> str | None
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
+
+
+_UNITS: dict[RetryPhase, type[Request] | type[Judgement]] = {
+    RetryPhase.requests: Request,
+    RetryPhase.judgements: Judgement,
+}
+
+
+async def lock_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
+    """The job as it is now, its row locked until the transaction ends (on Postgres; SQLite has one writer)."""
+    query = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def failure_reasons(session: AsyncSession, job_id: uuid.UUID, phase: RetryPhase) -> dict[str | None, int]:
+    """The job's failed units of one phase, counted by failure reason (None: failed without one)."""
+    model = _UNITS[phase]
+    query = (
+        select(model.failure_reason, func.count())
+        .where(model.job_id == job_id, model.state == UnitState.failed)
+        .group_by(model.failure_reason)
+    )
+    return {reason: int(n) for reason, n in (await session.execute(query)).all()}
+
+
+async def reopen_failed(
+    session: AsyncSession, job_id: uuid.UUID, phase: RetryPhase, reasons: Collection[str | None]
+) -> int:
+    """Put the job's failed units of one phase whose reason is one of ``reasons`` back to pending, as if never tried:
+    no lease, no backoff, no failure, and their attempt counters at zero, so the retry policy gives them a fresh
+    budget. Returns how many. Flushes only."""
+    model = _UNITS[phase]
+    named = [r for r in reasons if r is not None]
+    which = [model.failure_reason.in_(named)] + ([model.failure_reason.is_(None)] if None in reasons else [])
+    # an unscorable judgement keeps its re-ask count: it is asked again under idempotency keys not used yet
+    reasked = model.failure_reason == UNSCORABLE
+    stmt = (
+        update(model)
+        .where(model.job_id == job_id, model.state == UnitState.failed, or_(*which))
+        .values(
+            state=UnitState.pending,
+            attempts=0,
+            rate_limited=0,
+            error_repeats=case((reasked, model.error_repeats), else_=0),
+            last_error=case((reasked, model.last_error), else_=None),
+            leased_by=None,
+            lease_expires_at=None,
+            not_before=None,
+            failure_reason=None,
+            failure_detail=None,
+            updated_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(await session.execute(stmt), "rowcount", 0) or 0)

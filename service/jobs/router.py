@@ -1,21 +1,31 @@
-"""``/v1/jobs``: start, list, read and cancel evaluation jobs."""
+"""``/v1/jobs``: start, list, read, cancel and retry evaluation jobs."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from service.db.models import JobState
 from service.deps import SessionDep, SettingsDep
 from service.jobs import repository, service
-from service.jobs.schemas import JobCreate, JobRead, JobSummary
+from service.jobs.schemas import JobCreate, JobRead, JobRetry, JobRetryRead, JobSummary
 from service.jobs.status_cache import StatusCache
 from service.pagination import Page, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+_PROBLEM: dict[str, Any] = {"application/problem+json": {}}
+
+
+async def _start_work(request: Request, job_id: uuid.UUID, task_id: str) -> None:
+    """After the commit: wake this process's runner (embedded), or hand the job to the workers through Redis (ids
+    only; a deterministic task id, so that a repeated enqueue is harmless)."""
+    if getattr(request.app.state, "runner", None) is not None:
+        request.app.state.runner.wake()
+    if getattr(request.app.state, "queue", None) is not None:
+        await request.app.state.queue.enqueue_job("dispatch", str(job_id), _job_id=task_id)
 
 
 @router.post(
@@ -35,11 +45,7 @@ async def create_job(
     """Start a job: writes the job and all its request rows at once; work begins in the background."""
     created = await service.create_job(session, body, settings, idempotency_key)
     await session.commit()
-    if getattr(request.app.state, "runner", None) is not None:
-        request.app.state.runner.wake()
-    if getattr(request.app.state, "queue", None) is not None:
-        # after the commit, ids only, a deterministic task id: a repeated enqueue is harmless
-        await request.app.state.queue.enqueue_job("dispatch", str(created.job.id), _job_id=f"dispatch:{created.job.id}")
+    await _start_work(request, created.job.id, f"dispatch:{created.job.id}")
     response.status_code = 202 if created.created else 200
     response.headers["Location"] = f"/v1/jobs/{created.job.id}"
     return await service.read_job(session, created.job)
@@ -78,3 +84,36 @@ async def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
     job = await service.cancel_job(session, await service.get_job(session, job_id))
     await session.commit()
     return await service.read_job(session, job)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobRetryRead,
+    responses={
+        409: {"description": "the job is queued, running or cancelled, or no failed unit matches", "content": _PROBLEM},
+        422: {"description": "an unknown field, phase or failure reason (the valid ones listed)", "content": _PROBLEM},
+    },
+)
+async def retry_job(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    body: Annotated[JobRetry | None, Body()] = None,
+) -> JobRetryRead:
+    """Run a finished job's failed units again: the job goes from ``failed`` or ``completed`` back to ``running``.
+
+    Without a body, every failed target request and judgement goes back to pending; ``phase`` keeps to one phase,
+    ``reasons`` to the units that failed for those reasons (as ``errors_by_kind`` names them, or by their first
+    word). Their attempt counters start again from zero, so the retry policy gives them a fresh budget. Nothing that
+    succeeded is touched or called again; a request that succeeds now gets its judgements. The job then ends as any
+    job does (and its webhook, if it has one, is sent again). The answer is the job's status with ``retried``: how
+    many requests and judgements went back to pending. 409 for a job that is queued, running or cancelled, or when no
+    failed unit matches; 422 for an unknown phase or a reason none of the job's units failed for.
+    """
+    retried = await service.retry_job(session, job_id, body or JobRetry())
+    await session.commit()
+    ended = retried.ended_at.isoformat() if retried.ended_at else "never"
+    await _start_work(request, job_id, f"dispatch:{job_id}:retry:{ended}")
+    status = await service.read_job(session, retried.job)
+    return JobRetryRead(**status.model_dump(), retried=retried.units)

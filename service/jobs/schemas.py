@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Final, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -195,3 +196,38 @@ class JobRead(JobSummary):
     tokens: Tokens
     errors_by_kind: dict[str, int]
     error: str | None
+
+
+class RetryPhase(StrEnum):
+    """The phase of a job's units: its target calls, or its judge calls."""
+
+    requests = "requests"
+    judgements = "judgements"
+
+
+class JobRetry(BaseModel):
+    """Which failed units of a finished job go back to pending; nothing given: every failed unit of both phases."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reasons: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="only units that failed for one of these reasons: a reason as `errors_by_kind` shows it "
+        "(`server_error after 6 attempts`) or its first word (`server_error`); `unknown` is a failure without one",
+    )
+    phase: RetryPhase | None = Field(default=None, description="only target requests, or only judgements")
+
+
+class RetriedUnits(BaseModel):
+    """How many failed units of each phase went back to pending."""
+
+    requests: int = 0
+    judgements: int = 0
+
+
+class JobRetryRead(JobRead):
+    """The job after a retry (``running`` again), with how many of its failed units went back to pending."""
+
+    retried: RetriedUnits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,11 +18,23 @@ from service.errors import Conflict, FieldError, NotFound, ValidationFailed
 from service.gates.validation import ConfigRef, check_spec
 from service.jobs import repository
 from service.jobs.repository import CaseRef
-from service.jobs.schemas import JobCreate, JobRead, JobSummary, Progress, Tokens
+from service.jobs.schemas import (
+    JobCreate,
+    JobRead,
+    JobRetry,
+    JobSummary,
+    Progress,
+    RetriedUnits,
+    RetryPhase,
+    Tokens,
+)
 from service.model_configs import service as configs
 from service.settings import Settings
 
 THROUGHPUT_WINDOW = timedelta(seconds=60)
+# how errors_by_kind names a failed unit that has no failure reason
+UNKNOWN_REASON = "unknown"
+_FIRST_WORD = re.compile(r"[\w.-]+")
 
 
 @dataclass(frozen=True)
@@ -297,3 +310,82 @@ async def cancel_job(session: AsyncSession, job: Job) -> Job:
     job.finished_at = utcnow()
     await session.flush()
     return job
+
+
+@dataclass(frozen=True)
+class Retried:
+    """A retried job (``running`` again), how many units went back to pending, and when the job had ended."""
+
+    job: Job
+    units: RetriedUnits
+    ended_at: datetime | None
+
+
+async def retry_job(session: AsyncSession, job_id: uuid.UUID, body: JobRetry) -> Retried:
+    """Put a failed or completed job's failed units (all, or those of ``body``'s phase and reasons) back to pending
+    and the job back to ``running``, for the executor to run them again. Units that succeeded are left as they are.
+    Flushes only: after the commit, the caller wakes whoever runs jobs."""
+    job = await repository.lock_job(session, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    state = JobState(job.state)
+    if state not in (JobState.completed, JobState.failed):
+        why = (
+            "a cancelled job stays cancelled: start a new job"
+            if state is JobState.cancelled
+            else "retry it once it ends"
+        )
+        raise Conflict(f"job {job.id} is {state.value}: {why}", [FieldError("state", f"the job is {state.value}")])
+    phases = [body.phase] if body.phase is not None else list(RetryPhase)
+    found = {phase: await repository.failure_reasons(session, job.id, phase) for phase in RetryPhase}
+    if body.reasons is not None and any(found.values()):
+        _check_reasons(body.reasons, [r for counts in found.values() for r in counts])
+    counts: dict[str, int] = {}
+    for phase in phases:
+        chosen = [r for r in found[phase] if body.reasons is None or _matches(r, body.reasons)]
+        counts[phase.value] = await repository.reopen_failed(session, job.id, phase, chosen) if chosen else 0
+    if not any(counts.values()):
+        raise Conflict(f"nothing to retry: job {job.id} has no {_filter_words(body)}", [_filter_field(body)])
+    ended_at = job.finished_at
+    job.state, job.finished_at, job.error, job.paused_reason = JobState.running, None, None, None
+    await session.flush()
+    return Retried(job, RetriedUnits(**counts), ended_at)
+
+
+def _shown(reason: str | None) -> str:
+    return UNKNOWN_REASON if reason is None else reason
+
+
+def _matches(reason: str | None, wanted: list[str]) -> bool:
+    """A failure reason is wanted when it is named in full or by its first word (``server_error after 6 attempts``
+    by ``server_error``)."""
+    shown = _shown(reason)
+    first = _FIRST_WORD.match(shown)
+    return shown in wanted or (first is not None and first.group() in wanted)
+
+
+def _check_reasons(wanted: list[str], present: list[str | None]) -> None:
+    """Every reason asked for names a failure of the job: a 422 listing the job's reasons otherwise."""
+    unknown = [(i, r) for i, r in enumerate(wanted) if not any(_matches(p, [r]) for p in present)]
+    if not unknown:
+        return
+    valid = sorted({_shown(p) for p in present} | {m.group() for p in present if (m := _FIRST_WORD.match(_shown(p)))})
+    listed = ", ".join(valid)
+    raise ValidationFailed(
+        f"{unknown[0][1]!r} is not a reason any unit of this job failed for; valid values: {listed}",
+        [FieldError(f"reasons[{i}]", f"{r!r} is not a failure reason of this job; valid values: {listed}")
+         for i, r in unknown],
+    )  # fmt: skip
+
+
+def _filter_words(body: JobRetry) -> str:
+    what = f"failed {body.phase.value}" if body.phase is not None else "failed units"
+    return what + (f" with reason {', '.join(map(repr, body.reasons))}" if body.reasons else "")
+
+
+def _filter_field(body: JobRetry) -> FieldError:
+    if body.reasons is not None:
+        return FieldError("reasons", f"no failed {body.phase.value if body.phase else 'unit'} matches them")
+    if body.phase is not None:
+        return FieldError("phase", f"no {body.phase.value} failed")
+    return FieldError("state", "no unit of the job failed")

@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.auth.service import hash_token, resolve, revoke
+from service.db.models import Job, JobState, Request, UnitState
 from tests.auth.conftest import Issue, Snapshot, World, bearer
 
 STARTER_CASE = json.loads(
@@ -135,6 +137,33 @@ async def test_a_submit_token_creates_but_cannot_manage_tokens(
         more = {"name": "more", "scopes": ["read"]} if method == "POST" else None
         assert_refused(await secured.request(method, "/v1/tokens", json=more, headers=bearer(token)), 403, problem)
     assert (await snapshot())["tokens"] == after["tokens"]
+
+
+async def test_retrying_a_job_needs_the_submit_scope(
+    secured: httpx.AsyncClient,
+    world: World,
+    issue: Issue,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    snapshot: Snapshot,
+    problem: Any,
+) -> None:
+    job_id = uuid.UUID(world.job_id)
+    async with sessionmaker() as session:
+        await session.execute(update(Request).where(Request.job_id == job_id).values(state=UnitState.failed))
+        await session.execute(update(Job).where(Job.id == job_id).values(state=JobState.failed))
+        await session.commit()
+    path = f"/v1/jobs/{world.job_id}/retry"
+    reader, submitter = await issue("read", name="dashboard"), await issue("submit")
+    before = await snapshot()
+    refused = await secured.post(path, headers=bearer(reader))
+    assert "'submit' scope" in assert_refused(refused, 403, problem)["detail"]
+    assert await snapshot() == before
+    retried = await secured.post(path, headers=bearer(submitter))
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["retried"] == {"requests": 2, "judgements": 0}
+    async with sessionmaker() as session:
+        states = (await session.execute(select(Request.state).where(Request.job_id == job_id))).scalars()
+        assert set(states) == {UnitState.pending}
 
 
 async def test_an_admin_manages_tokens_over_http(secured: httpx.AsyncClient, issue: Issue, problem: Any) -> None:

@@ -14,9 +14,10 @@ from service.db.models.enums import (
 from service.db.models.human_label import HumanLabel
 from service.db.models.job import Job, JobModelConfig
 from service.db.models.model_config import ModelConfig
-from service.db.models.work import Judgement, Request, Response
+from service.db.models.work import UNSCORABLE, Judgement, Request, Response
 
 __all__ = [
+    "UNSCORABLE",
     "ApiToken",
     "Case",
     "ConfigRole",

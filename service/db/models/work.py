@@ -12,6 +12,9 @@ from service.db.base import Base, CreatedAt, utcnow
 from service.db.models._types import enum_column
 from service.db.models.enums import Outcome, ResponseType, UnitState
 
+# the failure reason of a judgement whose judge gave no valid verdict in every answer it was allowed
+UNSCORABLE = "unscorable"
+
 
 class _Unit(CreatedAt):
     """The state machine shared by requests and judgements: pending -> leased -> succeeded | failed."""

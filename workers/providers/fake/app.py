@@ -198,7 +198,8 @@ class FakeApp:
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         if path == "/_fake/ledger" and method == "GET":
-            await _send(send, 200, wire.dumps(self.ledger.snapshot()))
+            by_unit = parse_qs(scope.get("query_string", b"").decode()).get("by_unit") == ["true"]
+            await _send(send, 200, wire.dumps(self.ledger.snapshot(by_unit)))
         elif path == "/_fake/reset" and method == "POST":
             self.reset()
             await _send(send, 200, b'{"ok":true}')

@@ -80,6 +80,8 @@ class Ledger:
         self.peak_concurrency = 0
         self._per_prompt_calls: Counter[tuple[str, str]] = Counter()
         self._per_prompt_successes: Counter[tuple[str, str]] = Counter()
+        # calls per Idempotency-Key (a unit of the caller's work), whatever their outcome
+        self._per_unit_calls: Counter[str] = Counter()
         self._models: dict[str, _ModelStats] = {}
 
     def begin(self, model: str, prompt_sha256: str) -> Ticket:
@@ -118,6 +120,8 @@ class Ledger:
         self.in_flight -= 1
         stats = self._models.setdefault(model, _ModelStats())
         stats.in_flight -= 1
+        if unit:
+            self._per_unit_calls[unit] += 1
         if outcome == IDEMPOTENT_REPLAY:
             self.idempotent_replays += 1
             self.by_status[SUCCESS] += 1
@@ -140,8 +144,8 @@ class Ledger:
         stats.first_at = stats.first_at or now
         stats.last_at = now
 
-    def snapshot(self) -> dict[str, Any]:
-        """The ledger as JSON-ready data."""
+    def snapshot(self, by_unit: bool = False) -> dict[str, Any]:
+        """The ledger as JSON-ready data; ``by_unit`` adds the calls per Idempotency-Key (large for a large run)."""
         repeated = sorted(
             ((key, count) for key, count in self._per_prompt_successes.items() if count > 1), key=lambda kc: -kc[1]
         )
@@ -158,4 +162,4 @@ class Ledger:
             "peak_concurrency": self.peak_concurrency,
             "in_flight": self.in_flight,
             "by_model": {model: stats.as_dict() for model, stats in self._models.items()},
-        }
+        } | ({"by_unit": dict(self._per_unit_calls)} if by_unit else {})

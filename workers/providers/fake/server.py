@@ -78,9 +78,9 @@ class FakeProvider:
     ) -> None:
         await self.stop()
 
-    async def ledger(self) -> dict[str, Any]:
-        """The call ledger, read in-process."""
-        return self.app.ledger.snapshot()
+    async def ledger(self, by_unit: bool = False) -> dict[str, Any]:
+        """The call ledger, read in-process (``by_unit``: with the calls per Idempotency-Key)."""
+        return self.app.ledger.snapshot(by_unit)
 
     def reset(self) -> None:
         """Clear the ledger, rate windows and idempotency store."""
