@@ -1,8 +1,8 @@
 """The completion webhook: when a job ends, one signed POST to the URL the job was created with.
 
 The body is the job's status as ``GET /v1/jobs/{id}`` shows it, under ``{"event": "job.finished", "job": ...}``.
-Headers: ``X-Defeater-Event``, ``X-Defeater-Delivery`` (an id per job, the same on retries, so a receiver can
-drop duplicates), ``X-Defeater-Timestamp`` and ``X-Defeater-Signature: sha256=<hex>``, the HMAC-SHA256 of
+Headers: ``X-Defeater-Event``, ``X-Defeater-Delivery`` (an id per ending of the job: the same on every attempt to
+deliver it, so a receiver can drop duplicates, and a new one when a retried job ends again), ``X-Defeater-Timestamp`` and ``X-Defeater-Signature: sha256=<hex>``, the HMAC-SHA256 of
 ``<timestamp>.<body>`` under ``DEFEATER_WEBHOOK_SECRET``: a receiver recomputes it, compares in constant time and
 refuses old timestamps. Delivery is tried a few times with backoff and never holds up the job.
 """
@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -44,7 +45,12 @@ async def notify_finished(session: AsyncSession, settings: Settings, job_id: uui
         return
     status = (await service.read_job(session, job)).model_dump(mode="json")
     body = json.dumps({"event": "job.finished", "job": status}, separators=(",", ":")).encode()
-    await deliver(settings, job.webhook_url, body, f"job-{job_id}")
+    await deliver(settings, job.webhook_url, body, delivery_id(job_id, job.finished_at))
+
+
+def delivery_id(job_id: uuid.UUID, finished_at: datetime | None) -> str:
+    """``job-<id>-<when it ended>``: one id per ending, since a retried job ends (and notifies) again."""
+    return f"job-{job_id}-{finished_at:%Y%m%dT%H%M%S%f}" if finished_at else f"job-{job_id}"
 
 
 async def deliver(settings: Settings, url: str, body: bytes, delivery: str) -> bool:

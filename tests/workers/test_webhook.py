@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -61,8 +62,10 @@ async def test_a_finished_job_posts_one_signed_notice(
     headers, body = receiver.requests[0]
     expected = hmac.new(SECRET.encode(), headers["x-defeater-timestamp"].encode() + b"." + body, hashlib.sha256)
     assert hmac.compare_digest(headers["x-defeater-signature"], f"sha256={expected.hexdigest()}")
-    assert headers["x-defeater-event"] == "job.finished" and headers["x-defeater-delivery"] == f"job-{job_id}"
     notice = json.loads(body)
+    assert headers["x-defeater-event"] == "job.finished"
+    ended = datetime.fromisoformat(notice["job"]["finished_at"])
+    assert headers["x-defeater-delivery"] == f"job-{job_id}-{ended:%Y%m%dT%H%M%S%f}"
     assert notice["event"] == "job.finished"
     assert notice["job"]["id"] == str(job_id) and notice["job"]["state"] == "completed"
     assert notice["job"]["progress"]["requests"]["succeeded"] == 3
