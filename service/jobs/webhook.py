@@ -1,10 +1,11 @@
 """The completion webhook: when a job ends, one signed POST to the URL the job was created with.
 
 The body is the job's status as ``GET /v1/jobs/{id}`` shows it, under ``{"event": "job.finished", "job": ...}``.
-Headers: ``X-Defeater-Event``, ``X-Defeater-Delivery`` (an id per ending of the job: the same on every attempt to
-deliver it, so a receiver can drop duplicates, and a new one when a retried job ends again), ``X-Defeater-Timestamp`` and ``X-Defeater-Signature: sha256=<hex>``, the HMAC-SHA256 of
-``<timestamp>.<body>`` under ``DEFEATER_WEBHOOK_SECRET``: a receiver recomputes it, compares in constant time and
-refuses old timestamps. Delivery is tried a few times with backoff and never holds up the job.
+Headers: ``X-Defeater-Event``; ``X-Defeater-Delivery``, an id per ending of the job (the same on every attempt to
+deliver it, so a receiver can drop duplicates; a new one when a retried job ends again); ``X-Defeater-Timestamp``;
+and ``X-Defeater-Signature: sha256=<hex>``, the HMAC-SHA256 of ``<timestamp>.<body>`` under
+``DEFEATER_WEBHOOK_SECRET``: a receiver recomputes it, compares in constant time and refuses old timestamps.
+Delivery is tried a few times with backoff and never holds up the job.
 """
 
 from __future__ import annotations
