@@ -289,8 +289,8 @@ async def create_job_from_flags(session: AsyncSession, flags: JobFlags, settings
     if not flags.model and not flags.config:
         raise ValidationFailed("give at least one --model provider:model or --config NAME")
     ds = await datasets.resolve(session, flags.dataset)
-    targets = [(await configs.register(session, parse_model_spec(m))).config.id for m in flags.model]
-    targets += [(await configs.resolve(session, c)).id for c in flags.config]
+    targets = [str((await configs.register(session, parse_model_spec(m))).config.id) for m in flags.model]
+    targets += [str((await configs.resolve(session, c)).id) for c in flags.config]
     judges = [await _judge_id(session, j) for j in flags.judge] or None
     filters = JobFilters(
         families=flags.family or None,
@@ -299,7 +299,7 @@ async def create_job_from_flags(session: AsyncSession, flags: JobFlags, settings
         limit=flags.limit,
     )
     body = JobCreate(
-        dataset_id=ds.id,
+        dataset_id=str(ds.id),
         model_config_ids=targets,
         judge_config_ids=judges,
         filters=filters,
@@ -340,13 +340,13 @@ async def jobs_create(
     print_status(status)
 
 
-async def _judge_id(session: AsyncSession, ref: str) -> Any:
+async def _judge_id(session: AsyncSession, ref: str) -> str:
     if ":" in ref:
         try:
-            return (await configs.resolve(session, ref)).id
+            return str((await configs.resolve(session, ref)).id)
         except DefeaterError:
-            return (await configs.register(session, parse_model_spec(ref))).config.id
-    return (await configs.resolve(session, ref)).id
+            return str((await configs.register(session, parse_model_spec(ref))).config.id)
+    return str((await configs.resolve(session, ref)).id)
 
 
 @jobs_app.command("show")
