@@ -56,11 +56,11 @@ async def demo_command(
         async with sessionmaker() as session:
             starter = await ensure_starter(session)
             targets = [
-                str((await register(session, _config(name, provider, model, fake.url + path))).config.id)
+                (await register(session, _config(name, provider, model, fake.url + path))).config.id
                 for name, (provider, model, path, _) in MODELS.items()
             ]
             judge = (await register(session, _config("demo-judge", "openai", "judge-fake", fake.url + "/v1"))).config
-            body = JobCreate(dataset_id=str(starter.id), model_config_ids=targets, judge_config_ids=[str(judge.id)])
+            body = JobCreate(dataset_id=starter.id, model_config_ids=targets, judge_config_ids=[judge.id])
             job = (await jobs.create_job(session, body, settings)).job
             await session.commit()
         out.print(f"job {job.id}: {job.request_count} answers to get and judge ({job.case_count} starter cases x 3)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.exit_codes import ExitCode
 from tests.conftest import _create_postgres_database, _drop_postgres_database
 
 DEFEATER = str(Path(sys.executable).parent / "defeater")
@@ -19,7 +20,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], *expected: str) -> None:
-    assert result.returncode == 2, result
+    assert result.returncode == ExitCode.ERROR, result
     assert "Traceback" not in result.stderr + result.stdout
     for text in expected:
         assert text in result.stderr, result.stderr
