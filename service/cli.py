@@ -577,6 +577,26 @@ def openapi_command(
     out.print(f"wrote {path}")
 
 
+@app.command("schema")
+def schema_command(
+    path: Annotated[Path, typer.Option("--out", help="where to write it")] = Path("openapi/submission.schema.json"),
+    check: Annotated[bool, typer.Option(help="exit 1 if the file differs instead of writing it")] = False,
+) -> None:
+    """Write the JSON Schema of `defeater submit`'s file (docs/submission.md describes it)."""
+    from service.client_file import submission_schema
+
+    schema = submission_schema()
+    if check:
+        if (path.read_text() if path.exists() else "") != schema:
+            err.print(f"{path} is stale: run `defeater schema`")
+            raise typer.Exit(ExitCode.FAILED)
+        out.print(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(schema)
+    out.print(f"wrote {path}")
+
+
 @app.command("fake-provider")
 def fake_provider_command(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8900,

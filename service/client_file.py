@@ -19,13 +19,16 @@ with the line of the file it is on, so a CI log points straight at it::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 
+from service.datasets.taxonomy import AUTHORITY_TYPES
 from service.errors import FieldError, ValidationFailed, field_errors, field_name
 from service.jobs.schemas import GateSpec, JobFilters
 from service.model_configs.schemas import ModelConfigCreate, provider_problems
@@ -34,17 +37,52 @@ from service.model_configs.schemas import ModelConfigCreate, provider_problems
 class _Body(BaseModel):
     """The file's top level; model configs are checked one by one (a name, or a full config)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="Defeater submission")
 
-    dataset: str = Field(min_length=1)
-    models: list[Any] = Field(min_length=1)
-    judges: list[Any] | None = Field(default=None, min_length=1)
-    filters: JobFilters = Field(default_factory=JobFilters)
-    samples_per_case: int = Field(default=1, ge=1)
-    budget_usd: float | None = Field(default=None, gt=0)
-    use_cache: bool = True
-    webhook_url: AnyHttpUrl | None = None
-    gate: GateSpec | None = None
+    dataset: str = Field(
+        min_length=1, description="the dataset's id, its name (its most recently imported version) or name@version"
+    )
+    models: list[Any] = Field(
+        min_length=1, description="the configs to evaluate: each a registered config's name or id, or a full config"
+    )
+    judges: list[Any] | None = Field(
+        default=None, min_length=1, description="judge configs, as models; the service's default judge otherwise"
+    )
+    filters: JobFilters = Field(default_factory=JobFilters, description="which cases of the dataset to run")
+    samples_per_case: int = Field(default=1, ge=1, description="answers asked of each model for each case")
+    budget_usd: float | None = Field(default=None, gt=0, description="the job pauses when its spend reaches this")
+    use_cache: bool = Field(default=True, description="reuse identical earlier calls instead of paying again")
+    webhook_url: AnyHttpUrl | None = Field(default=None, description="a signed POST here when the job ends")
+    gate: GateSpec | None = Field(default=None, description="the checks `defeater gate` decides pass or fail on")
+
+
+def submission_schema() -> str:
+    """The JSON Schema of a submission file, as published in ``openapi/submission.schema.json``.
+
+    Generated from the models that check the file; ``models`` and ``judges`` items are a name or id, or a
+    ``ModelConfigCreate`` (the body of ``POST /v1/model-configs``).
+    """
+    _, document = models_json_schema([(_Body, "validation"), (ModelConfigCreate, "validation")])
+    defs = document["$defs"]
+    schema: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://defeater.dev/schemas/submission.schema.json",
+        **defs.pop("_Body"),
+        "$defs": defs,
+    }
+    item = {
+        "anyOf": [
+            {"type": "string", "minLength": 1, "description": "a registered model config's name or id"},
+            {"$ref": "#/$defs/ModelConfigCreate"},
+        ]
+    }
+    schema["description"] = "The file of `defeater submit` (YAML or JSON): the job to start, see docs/submission.md"
+    properties = schema["properties"]
+    properties["models"]["items"] = item
+    _array_of(properties["judges"])["items"] = item
+    # the authority types are checked by a validator (for its "did you mean"); the schema lists them for editors
+    _array_of(defs["JobFilters"]["properties"]["authority_types"])["items"]["enum"] = list(AUTHORITY_TYPES)
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
 @dataclass
@@ -63,6 +101,12 @@ class Document:
 
     data: Any
     root: yaml.Node | None
+
+
+def _array_of(field_schema: dict[str, Any]) -> dict[str, Any]:
+    """The array branch of an optional list field's schema."""
+    found: dict[str, Any] = next(option for option in field_schema["anyOf"] if option.get("type") == "array")
+    return found
 
 
 def read_document(path: Path) -> Document:
