@@ -615,7 +615,7 @@ def fake_provider_command(
     try:
         settings = FakeConfig.model_validate(values)
     except ValidationError as exc:
-        raise fail(str(field_errors(exc.errors(include_url=False))[0])) from None
+        raise fail(str(field_errors(exc.errors(include_url=False), model=FakeConfig)[0])) from None
     out.print(f"fake provider ({settings.mode}) on http://{host}:{port}")
     serve(settings, host=host, port=port)
 

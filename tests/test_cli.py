@@ -38,6 +38,7 @@ def test_importing_the_study_prints_its_counts(env_without_defeater: dict[str, s
 def test_a_bad_file_names_its_line_and_imports_nothing(
     env_without_defeater: dict[str, str], study_dir: Path, tmp_path: Path
 ) -> None:
+    assert run(env_without_defeater, "db", "upgrade").returncode == 0  # a ledger to list (reading creates none)
     lines = (study_dir / "cases.jsonl").read_text().splitlines()[:60]
     case = json.loads(lines[41])
     del case["user_query"]
