@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.db.session import is_disconnect
@@ -31,9 +32,16 @@ async def _on_defeater_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = field_errors(exc.errors())
+    errors = field_errors(exc.errors(), model=_body_model(request))
     detail = f"{errors[0].field}: {errors[0].message}" if errors else "invalid request"
     return problem_response(ValidationFailed(detail, errors), request)
+
+
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The model the endpoint reads its JSON body into, so that an unknown key is answered with the known ones."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    annotation = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:

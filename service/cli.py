@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -25,12 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.auth import service as tokens
 from service.auth.scopes import Scope
+from service.client_file import load_configs
 from service.datasets import service as datasets
 from service.datasets.parsing import detect_format, read_records, validate_records
 from service.db.migrate import current_revision, upgrade
 from service.db.models import Family
 from service.db.session import create_engine, create_sessionmaker
 from service.errors import DefeaterError, FieldError, ValidationFailed, field_errors
+from service.exit_codes import ExitCode
 from service.jobs import service as jobs
 from service.jobs.schemas import JobCreate, JobFilters, JobRead
 from service.model_configs import service as configs
@@ -57,7 +59,8 @@ R = TypeVar("R")
 PROVIDER_ALIASES = {"gemini": "google", "compatible": "openai_compatible"}
 
 
-def fail(message: str, errors: list[FieldError] | None = None, code: int = 2) -> typer.Exit:
+def fail(message: str, errors: list[FieldError] | None = None, code: int = ExitCode.ERROR) -> typer.Exit:
+    """Print ``error: message`` (and each field problem) on stderr; the ``typer.Exit`` to raise with ``code``."""
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     if errors and len(errors) > 1:
         for e in errors:
@@ -66,7 +69,7 @@ def fail(message: str, errors: list[FieldError] | None = None, code: int = 2) ->
 
 
 def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
-    """Run an async command; turn every expected failure into a clear message and exit code 2."""
+    """Run an async command; turn every expected failure into a clear message and exit code ``ERROR`` (5)."""
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -86,10 +89,33 @@ def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
     return wrapper
 
 
+def missing_ledger(settings: Settings) -> Path | None:
+    """The SQLite file the settings name, when it does not exist (None for Postgres and in-memory SQLite)."""
+    if not settings.is_sqlite:
+        return None
+    database = make_url(settings.database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    return None if path.exists() else path
+
+
 @asynccontextmanager
-async def local_db(settings: Settings | None = None) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the configured database, schema checked (SQLite is migrated), starter dataset present."""
+async def local_db(
+    settings: Settings | None = None, *, create: bool = True
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the configured database, schema checked (SQLite is migrated), starter dataset present.
+
+    ``create=False`` (commands that only read, or change what exists) refuses a SQLite file that does not exist,
+    rather than making an empty ledger there: a mistyped path must not look like a ledger with nothing in it.
+    """
     settings = settings or Settings()
+    missing = None if create else missing_ledger(settings)
+    if missing is not None:
+        raise DefeaterError(
+            f"no ledger at {missing}: the file does not exist (check DEFEATER_DATABASE_URL; `defeater run`, "
+            "`defeater demo` and `defeater datasets import` create a ledger)"
+        )
     engine = create_engine(settings)
     try:
         if settings.should_auto_migrate:
@@ -106,9 +132,9 @@ async def local_db(settings: Settings | None = None) -> AsyncIterator[async_sess
 
 
 @asynccontextmanager
-async def local_session() -> AsyncIterator[AsyncSession]:
+async def local_session(*, create: bool = True) -> AsyncIterator[AsyncSession]:
     """One session on the configured database (see ``local_db``)."""
-    async with local_db() as sessionmaker, sessionmaker() as session:
+    async with local_db(create=create) as sessionmaker, sessionmaker() as session:
         yield session
 
 
@@ -182,7 +208,7 @@ async def datasets_list() -> None:
     """The datasets in the ledger."""
     from service.datasets import repository
 
-    async with local_session() as session:
+    async with local_session(create=False) as session:
         rows = await repository.list_page(session, 1000, None)
     table = Table("name", "version", "cases", "id", "built in")
     for d in rows:
@@ -215,22 +241,14 @@ def parse_model_spec(spec: str) -> ModelConfigCreate:
 @configs_app.command("register")
 @command
 async def configs_register(
-    file: Annotated[Path, typer.Argument(help="a JSON file: one config object, or a list of them")],
+    file: Annotated[Path, typer.Argument(help="a YAML or JSON file: one config, or a list of them")],
 ) -> None:
-    """Register model configs from a JSON file; identical ones already registered are found again."""
-    try:
-        payload = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValidationFailed(f"{file}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    items = payload if isinstance(payload, list) else [payload]
+    """Register model configs from a YAML or JSON file; identical ones already registered are found again.
+
+    Every config is checked before any is registered; a problem names its line of the file."""
+    bodies = load_configs(file)
     async with local_session() as session:
-        for i, item in enumerate(items):
-            try:
-                body = ModelConfigCreate.model_validate(item)
-            except ValidationError as exc:
-                prefix = [i] if isinstance(payload, list) else []
-                errors = field_errors(exc.errors(include_url=False), prefix)
-                raise ValidationFailed(f"{file}: {errors[0]}", errors) from None
+        for body in bodies:
             registered = await configs.register(session, body)
             state = "registered" if registered.created else "already registered"
             out.print(f"{state}: {registered.config.name} ({registered.config.id})")
@@ -243,7 +261,7 @@ async def configs_list() -> None:
     """The registered model configs."""
     from service.model_configs import repository
 
-    async with local_session() as session:
+    async with local_session(create=False) as session:
         rows = await repository.list_page(session, 10_000, None)
     table = Table("name", "provider", "model", "key variable", "fingerprint", "id")
     for c in rows:
@@ -259,11 +277,18 @@ ConfigOpt = Annotated[list[str], typer.Option("--config", "-c", help="a register
 JudgeOpt = Annotated[list[str], typer.Option(help="provider:model or a config name; default: the service's")]
 DatasetOpt = Annotated[str, typer.Option(help="id, name or name@version")]
 FamilyOpt = Annotated[list[Family], typer.Option(help="only these families; repeatable")]
-AuthorityOpt = Annotated[list[str], typer.Option(help="only these authority types; repeatable")]
+AuthorityOpt = Annotated[
+    list[str], typer.Option("--authority-type", "--authority", help="only these authority types; repeatable")
+]
+CaseIdOpt = Annotated[list[str], typer.Option("--case-id", help="only these cases (their ids); repeatable")]
 DualUseOpt = Annotated[bool | None, typer.Option("--dual-use/--no-dual-use", help="only (non-)dual-use cases")]
 LimitOpt = Annotated[int | None, typer.Option(help="a stable subset of at most N cases")]
-SamplesOpt = Annotated[int, typer.Option(help="samples per case")]
-BudgetOpt = Annotated[float | None, typer.Option(help="spend limit in USD; the job pauses when it is reached")]
+# flags are named after the API's fields (samples_per_case: --samples-per-case); the older short names stay aliases
+SamplesOpt = Annotated[int, typer.Option("--samples-per-case", "--samples", help="samples per case")]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option("--budget-usd", "--budget", help="spend limit in USD; the job pauses when it is reached"),
+]
 FormatOpt = Annotated[str, typer.Option("--format", help="table or json")]
 
 
@@ -282,6 +307,7 @@ class JobFlags:
     samples: int
     budget: float | None
     use_cache: bool = True
+    case_ids: list[str] = field(default_factory=list)
 
 
 async def create_job_from_flags(session: AsyncSession, flags: JobFlags, settings: Settings) -> JobRead:
@@ -289,17 +315,18 @@ async def create_job_from_flags(session: AsyncSession, flags: JobFlags, settings
     if not flags.model and not flags.config:
         raise ValidationFailed("give at least one --model provider:model or --config NAME")
     ds = await datasets.resolve(session, flags.dataset)
-    targets = [(await configs.register(session, parse_model_spec(m))).config.id for m in flags.model]
-    targets += [(await configs.resolve(session, c)).id for c in flags.config]
+    targets = [str((await configs.register(session, parse_model_spec(m))).config.id) for m in flags.model]
+    targets += [str((await configs.resolve(session, c)).id) for c in flags.config]
     judges = [await _judge_id(session, j) for j in flags.judge] or None
     filters = JobFilters(
         families=flags.family or None,
         authority_types=flags.authority or None,
         dual_use=flags.dual_use,
+        case_ids=flags.case_ids or None,
         limit=flags.limit,
     )
     body = JobCreate(
-        dataset_id=ds.id,
+        dataset_id=str(ds.id),
         model_config_ids=targets,
         judge_config_ids=judges,
         filters=filters,
@@ -321,6 +348,7 @@ async def jobs_create(
     dataset: DatasetOpt = datasets.STARTER_NAME,
     family: FamilyOpt = [],  # noqa: B006
     authority: AuthorityOpt = [],  # noqa: B006
+    case_id: CaseIdOpt = [],  # noqa: B006
     dual_use: DualUseOpt = None,
     limit: LimitOpt = None,
     samples: SamplesOpt = 1,
@@ -328,7 +356,9 @@ async def jobs_create(
     output: FormatOpt = "table",
 ) -> None:
     """Create a job with all its work units, waiting in the ledger."""
-    flags = JobFlags(model, config, judge, dataset, family, authority, dual_use, limit, samples, budget)
+    flags = JobFlags(
+        model, config, judge, dataset, family, authority, dual_use, limit, samples, budget, case_ids=case_id
+    )
     started = time.perf_counter()
     async with local_session() as session:
         status = await create_job_from_flags(session, flags, Settings())
@@ -340,13 +370,13 @@ async def jobs_create(
     print_status(status)
 
 
-async def _judge_id(session: AsyncSession, ref: str) -> Any:
+async def _judge_id(session: AsyncSession, ref: str) -> str:
     if ":" in ref:
         try:
-            return (await configs.resolve(session, ref)).id
+            return str((await configs.resolve(session, ref)).id)
         except DefeaterError:
-            return (await configs.register(session, parse_model_spec(ref))).config.id
-    return (await configs.resolve(session, ref)).id
+            return str((await configs.register(session, parse_model_spec(ref))).config.id)
+    return str((await configs.resolve(session, ref)).id)
 
 
 @jobs_app.command("show")
@@ -356,7 +386,7 @@ async def jobs_show(
     output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """A job's state and progress."""
-    async with local_session() as session:
+    async with local_session(create=False) as session:
         status = await jobs.read_job(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
     if output == "json":
         out.print_json(status.model_dump_json())
@@ -370,7 +400,7 @@ async def jobs_list() -> None:
     """Jobs, newest first."""
     from service.jobs import repository
 
-    async with local_session() as session:
+    async with local_session(create=False) as session:
         rows = await repository.list_page(session, 100, None, None)
     table = Table("id", "state", "cases", "requests", "created")
     for j in rows:
@@ -388,7 +418,7 @@ async def jobs_list() -> None:
 @command
 async def jobs_cancel(job_id: Annotated[str, typer.Argument(help="the job's id")]) -> None:
     """Stop dispatching a job's work."""
-    async with local_session() as session:
+    async with local_session(create=False) as session:
         job = await jobs.cancel_job(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
         await session.commit()
     out.print(f"job {job.id} is {job.state.value}")
@@ -442,7 +472,7 @@ async def results_command(
         with ServiceClient() as client:
             figures = Results.model_validate(client.call("GET", f"/v1/jobs/{_uuid(job_id, 'JOB')}/results"))
     else:
-        async with local_session() as session:
+        async with local_session(create=False) as session:
             figures = await results(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
     if html is not None:
         html.write_text(render_html(figures, title=f"Defeater results: job {figures.job_id}"))
@@ -499,7 +529,7 @@ async def tokens_list() -> None:
     """Every token: name, first characters, scopes and dates. Never the token."""
     from service.auth import repository
 
-    async with local_session() as session:
+    async with local_session(create=False) as session:
         rows = await repository.list_all(session)
     table = Table("name", "prefix", "scopes", "created", "last used", "revoked", "id")
     for t in rows:
@@ -514,7 +544,7 @@ async def tokens_revoke(
     ref: Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="the token's name or id")],
 ) -> None:
     """Revoke a token: requests carrying it get 401 from now on."""
-    async with local_session() as session:
+    async with local_session(create=False) as session:
         row = await tokens.resolve(session, ref)
         already = row.revoked_at is not None
         await tokens.revoke(session, row)
@@ -547,6 +577,26 @@ def openapi_command(
     out.print(f"wrote {path}")
 
 
+@app.command("schema")
+def schema_command(
+    path: Annotated[Path, typer.Option("--out", help="where to write it")] = Path("openapi/submission.schema.json"),
+    check: Annotated[bool, typer.Option(help="exit 1 if the file differs instead of writing it")] = False,
+) -> None:
+    """Write the JSON Schema of `defeater submit`'s file (docs/submission.md describes it)."""
+    from service.client_file import submission_schema
+
+    schema = submission_schema()
+    if check:
+        if (path.read_text() if path.exists() else "") != schema:
+            err.print(f"{path} is stale: run `defeater schema`")
+            raise typer.Exit(ExitCode.FAILED)
+        out.print(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(schema)
+    out.print(f"wrote {path}")
+
+
 @app.command("fake-provider")
 def fake_provider_command(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8900,
@@ -565,7 +615,7 @@ def fake_provider_command(
     try:
         settings = FakeConfig.model_validate(values)
     except ValidationError as exc:
-        raise fail(str(field_errors(exc.errors(include_url=False))[0])) from None
+        raise fail(str(field_errors(exc.errors(include_url=False), model=FakeConfig)[0])) from None
     out.print(f"fake provider ({settings.mode}) on http://{host}:{port}")
     serve(settings, host=host, port=port)
 

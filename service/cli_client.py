@@ -19,6 +19,7 @@ from rich.table import Table
 from service import client as api
 from service.client_file import load_submission
 from service.errors import DefeaterError
+from service.exit_codes import ExitCode
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -29,7 +30,7 @@ JobArg = Annotated[str, typer.Argument(help="the job's id")]
 
 
 def _clear_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Every expected failure becomes one clear message (and its fields) and exit code 2, never a traceback."""
+    """Every expected failure becomes one clear message (and its fields) and exit code ``ERROR``, never a traceback."""
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -39,10 +40,10 @@ def _clear_errors(fn: Callable[P, R]) -> Callable[P, R]:
             err.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
             for problem in exc.errors[1:] if len(exc.errors) > 1 else []:
                 err.print(f"  - {problem}", highlight=False)
-            raise typer.Exit(2) from None
+            raise typer.Exit(ExitCode.ERROR) from None
         except OSError as exc:
             err.print(f"[bold red]error:[/] {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}")
-            raise typer.Exit(2) from None
+            raise typer.Exit(ExitCode.ERROR) from None
 
     return wrapper
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -40,11 +42,14 @@ async def demo_command(
     report: Annotated[Path, typer.Option(help="where to write the HTML report")] = Path("defeater-demo-report.html"),
 ) -> None:
     """Run the starter dataset against simulated OpenAI, Anthropic and Gemini models and a simulated judge,
-    offline, through the real SDKs; print the results and write an HTML report."""
+    offline, through the real SDKs; print the results and write an HTML report.
+
+    Each demo writes a ledger of its own (demo-<time>.db in the "demos" folder of the user's data directory, shown
+    as it starts), so the "see it again" command every demo prints keeps working after the next one, and each demo
+    makes all its calls afresh. A demo's ledger takes about 2 MB: delete the folder to reclaim the space."""
     started = time.monotonic()
     os.environ[KEY_ENV] = "demo-key-not-a-secret"
-    ledger_path = Path(platformdirs.user_data_dir("defeater", appauthor=False)) / "demo.db"
-    ledger_path.unlink(missing_ok=True)
+    ledger_path = demo_ledger()
     settings = Settings(
         database_url=f"sqlite:///{ledger_path}",
         providers=ProviderSettings(allowed_hosts=["127.0.0.1"], default_max_concurrency=48),
@@ -77,6 +82,13 @@ async def demo_command(
     out.print(f"HTML report: {report.resolve()}")
     out.print(f"done in {time.monotonic() - started:.1f} s; see it again with:")
     out.print(f"  DEFEATER_DATABASE_URL=sqlite:///{ledger_path} defeater results {job.id}")
+
+
+def demo_ledger() -> Path:
+    """A new ledger file for one demo: a fresh ledger (no answers to reuse) that the next demo leaves alone."""
+    folder = Path(platformdirs.user_data_dir("defeater", appauthor=False)) / "demos"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}.db"
 
 
 def _config(name: str, provider: str, model: str, base_url: str) -> ModelConfigCreate:

@@ -20,6 +20,7 @@ from service import client as api
 from service.cli import (
     AuthorityOpt,
     BudgetOpt,
+    CaseIdOpt,
     ConfigOpt,
     DatasetOpt,
     DualUseOpt,
@@ -63,6 +64,7 @@ async def run_command(
     dataset: DatasetOpt = STARTER_NAME,
     family: FamilyOpt = [],  # noqa: B006
     authority: AuthorityOpt = [],  # noqa: B006
+    case_id: CaseIdOpt = [],  # noqa: B006
     dual_use: DualUseOpt = None,
     limit: LimitOpt = None,
     samples: SamplesOpt = 1,
@@ -75,7 +77,9 @@ async def run_command(
 ) -> None:
     """Run a job embedded, against the real providers (keys from the environment): Ctrl-C stops cleanly."""
     settings = Settings()
-    flags = JobFlags(model, config, judge, dataset, family, authority, dual_use, limit, samples, budget, not no_cache)
+    flags = JobFlags(
+        model, config, judge, dataset, family, authority, dual_use, limit, samples, budget, not no_cache, case_id
+    )
     async with local_db(settings) as sessionmaker:
         async with sessionmaker() as session:
             status = await (

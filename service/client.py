@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,28 @@ class ServiceError(DefeaterError):
     """The service could not be reached, or refused a request; the message says which and why."""
 
 
+URL_UNSET = "DEFEATER_URL is not set: the address of the Defeater service, e.g. http://127.0.0.1:8000"
+
+
+def service_root(url: str) -> str:
+    """The service's address as the client joins paths to it: ``https://h/`` and ``https://h/v1/`` are both
+    ``https://h`` (every path the client asks for starts with ``/v1``)."""
+    root = url.strip().rstrip("/").removesuffix("/v1").rstrip("/")
+    if not root.startswith(("http://", "https://")):
+        raise ServiceError(f"DEFEATER_URL {url!r} is not an http:// or https:// address, e.g. http://127.0.0.1:8000")
+    return root
+
+
 class ServiceClient:
-    """A thin client of the REST API that turns every failure into a ``ServiceError`` with a clear message."""
+    """A thin client of the REST API that turns every failure into a ``ServiceError`` with a clear message.
+
+    It needs ``DEFEATER_URL``: without it, it refuses to start rather than guess at an address."""
 
     def __init__(self, settings: Settings | None = None, timeout_s: float = 30.0) -> None:
         settings = settings or Settings()
-        self.url = settings.url.rstrip("/")
+        if not settings.url:
+            raise ServiceError(URL_UNSET)
+        self.url = service_root(settings.url)
         headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
@@ -99,54 +114,27 @@ def parse_events(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def submit(client: ServiceClient, submission: Submission, idempotency_key: str | None = None) -> dict[str, Any]:
-    """Register (or find) the configs, find the dataset, start the job; returns the job as the API shows it."""
+    """Register (or find) the full configs, start the job; returns the job as the API shows it.
+
+    The dataset and the configs given by name or id go to the service as they are written: it resolves them (a
+    dataset name is its most recently imported version, ``name@version`` picks one) and names what it cannot find.
+    """
     body = dict(submission.job)
-    body["dataset_id"] = _dataset_id(client, submission.dataset)
-    body["model_config_ids"] = [_config_id(client, m) for m in submission.models]
+    body["dataset_id"] = submission.dataset
+    body["model_config_ids"] = [_config_ref(client, m) for m in submission.models]
     if submission.judges is not None:
-        body["judge_config_ids"] = [_config_id(client, j) for j in submission.judges]
+        body["judge_config_ids"] = [_config_ref(client, j) for j in submission.judges]
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     job: dict[str, Any] = client.call("POST", "/v1/jobs", json=body, headers=headers)
     return job
 
 
-def _dataset_id(client: ServiceClient, ref: str) -> str:
-    if _is_uuid(ref):
+def _config_ref(client: ServiceClient, ref: Any) -> str:
+    """A config's name or id as written, or the id of a full config once registered (or found again)."""
+    if isinstance(ref, str):
         return ref
-    for dataset in _all(client, "/v1/datasets"):
-        if dataset["name"] == ref:
-            return str(dataset["id"])
-    raise ServiceError(f"no dataset named {ref!r} on {client.url}", [FieldError("dataset", "not found")])
-
-
-def _config_id(client: ServiceClient, ref: Any) -> str:
-    if not isinstance(ref, str):
-        registered = client.call("POST", "/v1/model-configs", json=ref.model_dump(mode="json", exclude_none=True))
-        return str(registered["id"])
-    if _is_uuid(ref):
-        return ref
-    for config in _all(client, "/v1/model-configs"):
-        if config["name"] == ref:
-            return str(config["id"])
-    raise ServiceError(f"no model config named {ref!r} on {client.url}", [FieldError("models", f"{ref!r} not found")])
-
-
-def _all(client: ServiceClient, path: str) -> Iterator[dict[str, Any]]:
-    cursor = None
-    while True:
-        page = client.call("GET", path, params={"limit": 500} | ({"cursor": cursor} if cursor else {}))
-        yield from page["items"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+    registered = client.call("POST", "/v1/model-configs", json=ref.model_dump(mode="json", exclude_none=True))
+    return str(registered["id"])
 
 
 def progress_line(status: dict[str, Any]) -> str:

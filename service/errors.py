@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel
 
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
+# the quoted choices of pydantic's enum and literal errors: "'a', 'b' or 'c'"
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
 
 
 @dataclass(frozen=True)
@@ -134,16 +141,88 @@ def field_name(loc: Sequence[int | str]) -> str:
     return out or "body"
 
 
-def validation_message(err: Any) -> str:
-    """A pydantic error's message, phrased for a person."""
-    if err.get("type") == "missing":
+def unknown_value(kind: str, value: object, valid: Sequence[str], shown: str | None = None, most: int = 40) -> str:
+    """The message for a value outside a fixed vocabulary: the closest valid one, if any is close, and all of them
+    (or ``shown``, when the vocabulary reads better as a pattern; at most ``most`` of them).
+
+    ``unknown field 'filtres': did you mean 'filters'? (valid: dataset_id, filters, ...)``
+    """
+    text = f"unknown {kind} {value!r}"
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+    if close:
+        text += f": did you mean {close[0]!r}?"
+    listed = shown or ", ".join(map(str, valid[:most])) + (f", ... ({len(valid)} in all)" if len(valid) > most else "")
+    return f"{text} (valid: {listed})" if listed else text
+
+
+def validation_message(err: Any, model: type[BaseModel] | None = None) -> str:
+    """A pydantic error's message, phrased for a person. With the validated ``model``, an unknown key is answered
+    with the keys that model takes there."""
+    kind = err.get("type")
+    if kind == "missing":
         return "required field is missing"
-    if err.get("type") == "json_invalid":
+    if kind == "json_invalid":
         return f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'syntax error')})"
+    if kind == "extra_forbidden":
+        loc = _without_source(err.get("loc", ()))
+        keys = _keys_at(model, loc[:-1]) if loc else None
+        return unknown_value("field", loc[-1] if loc else "?", keys or [])
+    if kind in ("enum", "literal_error"):
+        return unknown_value("value", err.get("input"), _QUOTED.findall(str(err.get("ctx", {}).get("expected", ""))))
     msg: str = err.get("msg", "invalid")
     return msg.removeprefix("Value error, ")
 
 
-def field_errors(errors: Iterable[Any], prefix: Sequence[int | str] = ()) -> list[FieldError]:
-    """FieldErrors from pydantic's ``errors()``, each located under ``prefix``."""
-    return [FieldError(field_name([*prefix, *e.get("loc", ())]), validation_message(e)) for e in errors]
+def field_errors(
+    errors: Iterable[Any], prefix: Sequence[int | str] = (), model: type[BaseModel] | None = None
+) -> list[FieldError]:
+    """FieldErrors from pydantic's ``errors()``, each located under ``prefix``; ``model`` is what was validated
+    (for the valid keys beside an unknown one)."""
+    return [FieldError(field_name([*prefix, *e.get("loc", ())]), validation_message(e, model)) for e in errors]
+
+
+def _without_source(loc: Sequence[int | str]) -> list[int | str]:
+    parts = list(loc)
+    return parts[1:] if parts and parts[0] in _LOCATIONS else parts
+
+
+def _keys_at(model: type[BaseModel] | None, loc: Sequence[int | str]) -> list[str] | None:
+    """The keys the object at ``loc`` inside ``model`` takes, or None when the path leaves known models."""
+    node: Any = model
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(part, int):
+            node = get_args(node)[0] if get_origin(node) in (list, tuple, set) and get_args(node) else None
+        elif _is_model(node):
+            found = node.model_fields.get(part)
+            node = found.annotation if found is not None else None
+        elif get_origin(node) is dict and len(get_args(node)) == 2:
+            node = get_args(node)[1]
+        else:
+            node = None
+        if node is None:
+            return None
+    node = _unwrap(node)
+    if not _is_model(node):
+        return None
+    return [info.alias or name for name, info in node.model_fields.items() if not info.exclude]
+
+
+def _unwrap(node: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` as ``X``; of other unions, the first member that is a model or list."""
+    while True:
+        origin = get_origin(node)
+        if origin is Annotated:
+            node = get_args(node)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(node) if a is not type(None)]
+            if len(members) == 1:
+                node = members[0]
+            else:
+                return next((m for m in members if _is_model(m) or get_origin(m) is list), None)
+        else:
+            return node
+
+
+def _is_model(node: Any) -> bool:
+    return isinstance(node, type) and issubclass(node, BaseModel)

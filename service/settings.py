@@ -132,8 +132,8 @@ class Settings(BaseSettings):
     # signs jobs' completion webhooks (HMAC-SHA256); from the environment or a secret store only
     webhook_secret: SecretStr | None = None
 
-    # client side
-    url: str = "http://127.0.0.1:8000"
+    # client side: the service's address (no default: a client command refuses to guess it)
+    url: str | None = None
     api_token: str | None = None
 
     @field_validator("database_url")

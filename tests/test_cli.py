@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.exit_codes import ExitCode
 from tests.conftest import _create_postgres_database, _drop_postgres_database
 
 DEFEATER = str(Path(sys.executable).parent / "defeater")
@@ -19,7 +20,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], *expected: str) -> None:
-    assert result.returncode == 2, result
+    assert result.returncode == ExitCode.ERROR, result
     assert "Traceback" not in result.stderr + result.stdout
     for text in expected:
         assert text in result.stderr, result.stderr
@@ -37,6 +38,7 @@ def test_importing_the_study_prints_its_counts(env_without_defeater: dict[str, s
 def test_a_bad_file_names_its_line_and_imports_nothing(
     env_without_defeater: dict[str, str], study_dir: Path, tmp_path: Path
 ) -> None:
+    assert run(env_without_defeater, "db", "upgrade").returncode == 0  # a ledger to list (reading creates none)
     lines = (study_dir / "cases.jsonl").read_text().splitlines()[:60]
     case = json.loads(lines[41])
     del case["user_query"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,43 @@ def test_broken_yaml_and_a_wrong_shape_name_the_line(tmp_path: Path) -> None:
     assert "line 1" in _problem(tmp_path, "- just\n- a list\n").detail
     missing = _problem(tmp_path, "models: [gpt]\n")
     assert missing.errors[0].field == "dataset"
+
+
+def test_unknown_keys_and_values_name_the_closest_valid_one_with_their_line(tmp_path: Path) -> None:
+    text = (
+        GOOD.replace("filters:", "filtres:")
+        .replace("provider: openai", "provider: opneai")
+        .replace("params: {max_tokens: 800}", "params: {max_token: 800}")
+        .replace("cases: defeated, op", "cases: defeatd, op")
+    )
+    problems = {e.field: e.message for e in _problem(tmp_path, text).errors}
+    assert problems["filtres"].startswith("line 9:") and "did you mean 'filters'?" in problems["filtres"]
+    assert "samples_per_case" in problems["filtres"] and "gate" in problems["filtres"]
+    assert problems["gate.checks[0].cases"].startswith("line 13:")
+    assert "did you mean 'defeated'?" in problems["gate.checks[0].cases"]
+    configs = GOOD.replace("provider: openai", "provider: opneai").replace("{max_tokens: 800}", "{max_token: 800}")
+    models = {e.field: e.message for e in _problem(tmp_path, configs).errors}
+    assert (
+        models["models[0].provider"].startswith("line 4:") and "did you mean 'openai'?" in models["models[0].provider"]
+    )
+    assert models["models[0].params.max_token"].startswith("line 6:")
+    assert "did you mean 'max_tokens'?" in models["models[0].params.max_token"]
+
+
+def test_the_published_schema_is_the_one_the_file_is_checked_with() -> None:
+    from service.client_file import submission_schema
+    from tests.conftest import ROOT
+
+    committed = (ROOT / "openapi" / "submission.schema.json").read_text()
+    assert committed == submission_schema(), "openapi/submission.schema.json is stale: run `defeater schema`"
+    schema = json.loads(committed)
+    assert set(schema["properties"]) == {"dataset", "models", "judges", "filters", "samples_per_case", "budget_usd",
+                                         "use_cache", "webhook_url", "gate"}  # fmt: skip
+    assert {"$ref": "#/$defs/ModelConfigCreate"} in schema["properties"]["models"]["items"]["anyOf"]
+    assert set(schema["$defs"]) >= {"ModelConfigCreate", "Params", "Limits", "JobFilters", "GateSpec", "GateCheck"}
+    documented = (ROOT / "docs" / "submission.md").read_text()
+    defs = schema["$defs"]
+    names = [*schema["properties"], *defs["JobFilters"]["properties"], *defs["GateSpec"]["properties"]]
+    names += [*defs["GateCheck"]["properties"], *defs["ModelConfigCreate"]["properties"]]
+    for name in names:
+        assert f"`{name}`" in documented, f"docs/submission.md does not describe {name}"

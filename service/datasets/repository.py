@@ -27,6 +27,17 @@ async def get_by_name(session: AsyncSession, name: str, version: str | None = No
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def names(session: AsyncSession) -> list[str]:
+    """Every dataset name, once, in order."""
+    return list((await session.execute(select(Dataset.name).distinct().order_by(Dataset.name))).scalars())
+
+
+async def versions(session: AsyncSession, name: str) -> list[str]:
+    """The versions of a dataset name, oldest first."""
+    query = select(Dataset.version).where(Dataset.name == name).order_by(Dataset.created_at, Dataset.id)
+    return list((await session.execute(query)).scalars())
+
+
 async def list_page(session: AsyncSession, limit: int, after: tuple[str, str] | None) -> Sequence[Dataset]:
     query = select(Dataset).order_by(Dataset.name, Dataset.version).limit(limit)
     if after is not None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.datasets.taxonomy import AUTHORITY_TYPES
 from service.db.models.enums import Family
+from service.errors import unknown_value
 
 
 class CaseIn(BaseModel):
@@ -35,7 +36,7 @@ class CaseIn(BaseModel):
     @classmethod
     def _known_authority(cls, value: str) -> str:
         if value not in AUTHORITY_TYPES:
-            raise ValueError(f"unknown authority type {value!r}; expected one of {', '.join(AUTHORITY_TYPES)}")
+            raise ValueError(unknown_value("authority type", value, AUTHORITY_TYPES))
         return value
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.datasets import repository
 from service.datasets.parsing import ValidatedCases, read_records, validate_records
 from service.db.models import Dataset
-from service.errors import Conflict, FieldError, NotFound
+from service.errors import Conflict, FieldError, NotFound, unknown_value
 from service.settings import ImportLimits
 
 STARTER_NAME = "starter"
@@ -129,7 +129,10 @@ async def ensure_starter(session: AsyncSession) -> Dataset:
 
 
 async def resolve(session: AsyncSession, ref: str) -> Dataset:
-    """A dataset by id, ``name`` (newest version) or ``name@version``."""
+    """A dataset by id, ``name`` (its most recently imported version) or ``name@version``.
+
+    An unknown one is a ``NotFound`` that names the closest dataset (or version) and the others.
+    """
     dataset: Dataset | None
     try:
         dataset = await repository.get(session, uuid.UUID(ref))
@@ -137,5 +140,14 @@ async def resolve(session: AsyncSession, ref: str) -> Dataset:
         name, _, version = ref.partition("@")
         dataset = await repository.get_by_name(session, name, version or None)
     if dataset is None:
-        raise NotFound(f"no dataset {ref!r}", [FieldError("dataset", f"no dataset {ref!r}")])
+        message = await _unknown(session, ref)
+        raise NotFound(message, [FieldError("dataset", message)])
     return dataset
+
+
+async def _unknown(session: AsyncSession, ref: str) -> str:
+    name, at, version = ref.partition("@")
+    known = await repository.names(session)
+    if at and name in known:
+        return f"dataset {name!r}: " + unknown_value("version", version, await repository.versions(session, name))
+    return unknown_value("dataset", ref, known)

@@ -6,12 +6,13 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from service.datasets.taxonomy import AUTHORITY_GROUPS, AUTHORITY_TYPES
 from service.db.models.enums import Family, JobState
+from service.errors import unknown_value
 
 RATE_METRICS: Final = (
     "helps_rate",
@@ -49,7 +50,7 @@ class JobFilters(BaseModel):
     def _known_authorities(cls, value: list[str] | None) -> list[str] | None:
         unknown = [a for a in value or [] if a not in AUTHORITY_TYPES]
         if unknown:
-            raise ValueError(f"unknown authority type(s) {', '.join(map(repr, unknown))}")
+            raise ValueError("; ".join(unknown_value("authority type", a, AUTHORITY_TYPES) for a in unknown))
         return value
 
 
@@ -85,24 +86,26 @@ class GateCheck(BaseModel):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r}; expected one of {', '.join(METRICS)}")
+            raise ValueError(unknown_value("metric", value, METRICS))
         return value
 
     @field_validator("cases")
     @classmethod
     def _known_group(cls, value: str) -> str:
         match = _CASES_PATTERN.match(value)
-        if not match:
-            raise ValueError(f"unknown case group {value!r}")
-        kind, key = match.group(2), match.group(3)
         allowed: dict[str, Any] = {
             "family": [f.value for f in Family],
             "authority_type": AUTHORITY_TYPES,
             "authority_group": tuple(AUTHORITY_GROUPS),
             "dual_use": ("true", "false"),
         }
+        if not match:
+            groups = ["defeated", "control", "all", *(f"{kind}:{key}" for kind in allowed for key in allowed[kind])]
+            shown = "defeated, control, all, family:<key>, authority_type:<key>, authority_group:<key>, dual_use:<bool>"
+            raise ValueError(unknown_value("case group", value, groups, shown))
+        kind, key = match.group(2), match.group(3)
         if kind and key not in allowed[kind]:
-            raise ValueError(f"unknown {kind} {key!r}")
+            raise ValueError(unknown_value(kind.replace("_", " "), key, allowed[kind]))
         return value
 
     @model_validator(mode="after")
@@ -127,13 +130,35 @@ class GateSpec(BaseModel):
     checks: list[GateCheck] = Field(min_length=1, max_length=100)
 
 
+def _canonical_ref(value: Any) -> Any:
+    """An id in its canonical spelling (so that the same job body hashes alike however its ids are written); a
+    name as it is."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            return value
+    return value
+
+
+Ref = Annotated[str, BeforeValidator(_canonical_ref), Field(min_length=1, max_length=300)]
+
+
 class JobCreate(BaseModel):
+    """A job to start. The dataset and the configs are named as in the CLI: by id or by name."""
+
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: uuid.UUID
-    model_config_ids: list[uuid.UUID] = Field(min_length=1)
-    judge_config_ids: list[uuid.UUID] | None = Field(
-        default=None, min_length=1, description="defaults to the service's default judge"
+    dataset_id: Ref = Field(
+        description="the dataset's id, its name (its most recently imported version) or name@version"
+    )
+    model_config_ids: list[Ref] = Field(min_length=1, description="model configs to evaluate, each by id or name")
+    judge_config_ids: list[Ref] | None = Field(
+        default=None,
+        min_length=1,
+        description="judge configs, each by id or name; defaults to the service's default judge",
     )
     filters: JobFilters = Field(default_factory=JobFilters)
     samples_per_case: int = Field(default=1, ge=1)

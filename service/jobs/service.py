@@ -11,15 +11,16 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.datasets import repository as datasets_repo
+from service.datasets import service as datasets
 from service.db.base import utcnow
-from service.db.models import ConfigRole, Job, JobState, ModelConfig, UnitState
+from service.db.models import ConfigRole, Dataset, Job, JobState, ModelConfig, UnitState
 from service.errors import Conflict, FieldError, NotFound, ValidationFailed
 from service.gates.validation import ConfigRef, check_spec
 from service.jobs import repository
 from service.jobs.repository import CaseRef
 from service.jobs.schemas import (
     JobCreate,
+    JobFilters,
     JobRead,
     JobRetry,
     JobSummary,
@@ -65,7 +66,12 @@ def request_ids(job_id: uuid.UUID, config_id: uuid.UUID, case_ids: list[uuid.UUI
 async def create_job(
     session: AsyncSession, body: JobCreate, settings: Settings, idempotency_key: str | None = None
 ) -> Created:
-    """Validate the body against the ledger and write the job with all its request rows. Flushes only."""
+    """Validate the body against the ledger and write the job with all its request rows. Flushes only.
+
+    The Idempotency-Key's hash is of the body as sent, names and all (ids in their canonical spelling): the same
+    body with the same key returns the job it created even if a name in it has since come to mean something else
+    (a newer version of a dataset), since a retry means "the job I asked for", not a new one.
+    """
     body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     if idempotency_key is not None:
         earlier = await repository.get_by_idempotency_key(session, idempotency_key)
@@ -80,7 +86,7 @@ async def create_job(
     job = Job(
         id=uuid.uuid4(),
         state=JobState.queued,
-        dataset_id=body.dataset_id,
+        dataset_id=plan.dataset.id,
         filters=body.filters.model_dump(mode="json", exclude_none=True),
         samples_per_case=body.samples_per_case,
         budget_usd=body.budget_usd,
@@ -118,14 +124,18 @@ def _replay(earlier: Job, body_hash: str) -> Created:
 
 @dataclass(frozen=True)
 class _Plan:
+    dataset: Dataset
     cases: list[CaseRef]
     targets: list[ModelConfig]
     judges: list[ModelConfig]
 
 
 async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _Plan:
-    if await datasets_repo.get(session, body.dataset_id) is None:
-        raise ValidationFailed(f"no dataset {body.dataset_id}", [FieldError("dataset_id", "no such dataset")])
+    """The job's dataset, configs and cases, each named in the body by id or by name (as the CLI names them)."""
+    try:
+        dataset = await datasets.resolve(session, body.dataset_id)
+    except NotFound as exc:
+        raise ValidationFailed(f"dataset_id: {exc.detail}", [FieldError("dataset_id", exc.detail)]) from None
     if len(body.model_config_ids) > settings.jobs.max_model_configs:
         raise ValidationFailed(
             "too many model configs",
@@ -141,7 +151,7 @@ async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _
         judges = [(await configs.register(session, configs.default_judge_body(settings.default_judge))).config]
     else:
         judges = await _configs(session, body.judge_config_ids, "judge_config_ids")
-    cases = await _cases(session, body)
+    cases = await _cases(session, dataset.id, body.filters)
     total = len(cases) * len(targets) * body.samples_per_case
     if total > settings.jobs.max_requests:
         raise ValidationFailed(
@@ -150,39 +160,40 @@ async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _
         )
     if body.gate:
         check_spec(body.gate, [ConfigRef(c.id, c.name) for c in targets], prefix="gate.")
-    return _Plan(cases, targets, judges)
+    return _Plan(dataset, cases, targets, judges)
 
 
-async def _configs(session: AsyncSession, ids: list[uuid.UUID], field_name: str) -> list[ModelConfig]:
+async def _configs(session: AsyncSession, refs: list[str], field_name: str) -> list[ModelConfig]:
+    """The configs named (by id or name) in ``refs``; each unknown or repeated one is an error at its index."""
     errors: list[FieldError] = []
     found: list[ModelConfig] = []
     seen: set[uuid.UUID] = set()
-    for i, config_id in enumerate(ids):
-        if config_id in seen:
-            errors.append(FieldError(f"{field_name}[{i}]", f"{config_id} is listed twice"))
+    for i, ref in enumerate(refs):
+        try:
+            config = await configs.resolve(session, ref)
+        except NotFound as exc:
+            errors.append(FieldError(f"{field_name}[{i}]", exc.detail))
             continue
-        seen.add(config_id)
-        config = await session.get(ModelConfig, config_id)
-        if config is None:
-            errors.append(FieldError(f"{field_name}[{i}]", f"no model config {config_id}"))
-        else:
-            found.append(config)
+        if config.id in seen:
+            errors.append(FieldError(f"{field_name}[{i}]", f"model config {config.name!r} is listed twice"))
+            continue
+        seen.add(config.id)
+        found.append(config)
     if errors:
-        raise ValidationFailed(f"{field_name} is not valid: {errors[0].message}", errors)
+        raise ValidationFailed(f"{errors[0].field}: {errors[0].message}", errors)
     return found
 
 
-async def _cases(session: AsyncSession, body: JobCreate) -> list[CaseRef]:
-    filters = body.filters
+async def _cases(session: AsyncSession, dataset_id: uuid.UUID, filters: JobFilters) -> list[CaseRef]:
     if filters.case_ids:
-        missing = await repository.missing_case_ids(session, body.dataset_id, filters.case_ids)
+        missing = await repository.missing_case_ids(session, dataset_id, filters.case_ids)
         if missing:
             shown = ", ".join(map(repr, missing[:10]))
             raise ValidationFailed(
                 f"{len(missing)} case id(s) are not in the dataset: {shown}",
                 [FieldError("filters.case_ids", f"not in the dataset: {shown}")],
             )
-    cases = await repository.select_cases(session, body.dataset_id, filters)
+    cases = await repository.select_cases(session, dataset_id, filters)
     if filters.limit is not None and len(cases) > filters.limit:
         cases = stable_subset(cases, filters.limit)
     if not cases:

@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import ModelConfig, Provider
-from service.errors import Conflict, FieldError, NotFound, ValidationFailed, field_errors
+from service.errors import Conflict, FieldError, NotFound, ValidationFailed, field_errors, unknown_value
+from service.model_configs import repository
 from service.model_configs.repository import get_by_name
 from service.model_configs.schemas import Limits, ModelConfigCreate, ModelConfigPatch, Params, provider_problems
 from service.settings import DefaultJudge
@@ -110,14 +111,15 @@ async def get(session: AsyncSession, config_id: uuid.UUID) -> ModelConfig:
 
 
 async def resolve(session: AsyncSession, ref: str) -> ModelConfig:
-    """A config by id or by name."""
+    """A config by id or by name; an unknown one is a ``NotFound`` naming the closest name and the others."""
     config: ModelConfig | None
     try:
         config = await session.get(ModelConfig, uuid.UUID(ref))
     except ValueError:
         config = await get_by_name(session, ref)
     if config is None:
-        raise NotFound(f"no model config {ref!r}")
+        known = await repository.names(session)
+        raise NotFound(unknown_value("model config", ref, known))
     return config
 
 

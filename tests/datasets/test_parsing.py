@@ -70,7 +70,7 @@ def test_a_corrupted_line_refuses_the_file_naming_that_line(study_cases_bytes: b
     ("mutate", "field", "message"),
     [
         (lambda c: c.pop("user_query"), "user_query", "required field is missing"),
-        (lambda c: c.update(defeat_type="legit_defeat"), "defeat_type", "'control'"),
+        (lambda c: c.update(defeat_type="legit_defeat"), "defeat_type", "(valid: control, illegitimate_authority"),
         (lambda c: c.update(authority_type="galactic_senate"), "authority_type", "unknown authority type"),
         (lambda c: c.update(structural_facts="one fact"), "structural_facts", "list"),
         (lambda c: c.update(dual_use="sometimes"), "dual_use", "boolean"),
