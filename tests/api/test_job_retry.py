@@ -177,7 +177,7 @@ async def test_an_unknown_reason_or_phase_is_refused_naming_the_field_and_the_va
 
     body = problem(await client.post(f"/v1/jobs/{job_id}/retry", json={"phase": "answers"}), 422)
     assert body["errors"][0]["field"] == "phase"
-    assert "'requests'" in body["errors"][0]["message"] and "'judgements'" in body["errors"][0]["message"]
+    assert "requests" in body["errors"][0]["message"] and "judgements" in body["errors"][0]["message"]
 
     for bad, field in (({"reasons": []}, "reasons"), ({"reason": ["x"]}, "reason"), ([1], "body")):
         body = problem(await client.post(f"/v1/jobs/{job_id}/retry", json=bad), 422)
