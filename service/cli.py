@@ -22,6 +22,8 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typer import rich_utils
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer bundles its own click
 
 from service.auth import service as tokens
 from service.auth.scopes import Scope
@@ -31,6 +33,7 @@ from service.db.migrate import current_revision, upgrade
 from service.db.models import Family
 from service.db.session import create_engine, create_sessionmaker
 from service.errors import DefeaterError, FieldError, ValidationFailed, field_errors
+from service.exit_codes import ExitCode
 from service.jobs import service as jobs
 from service.jobs.schemas import JobCreate, JobFilters, JobRead
 from service.model_configs import service as configs
@@ -57,7 +60,8 @@ R = TypeVar("R")
 PROVIDER_ALIASES = {"gemini": "google", "compatible": "openai_compatible"}
 
 
-def fail(message: str, errors: list[FieldError] | None = None, code: int = 2) -> typer.Exit:
+def fail(message: str, errors: list[FieldError] | None = None, code: int = ExitCode.ERROR) -> typer.Exit:
+    """Print ``error: message`` (and each field problem) on stderr; the ``typer.Exit`` to raise with ``code``."""
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     if errors and len(errors) > 1:
         for e in errors:
@@ -66,7 +70,7 @@ def fail(message: str, errors: list[FieldError] | None = None, code: int = 2) ->
 
 
 def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
-    """Run an async command; turn every expected failure into a clear message and exit code 2."""
+    """Run an async command; turn every expected failure into a clear message and exit code ``ERROR`` (5)."""
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -403,7 +407,8 @@ def _uuid(value: str, name: str) -> Any:
         raise ValidationFailed(f"{name}: {value!r} is not a job id", [FieldError(name, "not a UUID")]) from None
 
 
-def print_status(status: JobRead) -> None:
+def print_status(status: JobRead, state: str | None = None) -> None:
+    """The job's progress by phase, throughput, ETA and spend; ``state`` overrides the ledger's (a stopped run)."""
     table = Table(
         "phase",
         "total",
@@ -411,13 +416,14 @@ def print_status(status: JobRead) -> None:
         "leased",
         "succeeded",
         "failed",
-        title=f"job {status.id}: {status.state.value}",
+        title=f"job {status.id}: {state or status.state.value}",
     )
     for phase, c in (("requests", status.progress.requests), ("judgements", status.progress.judgements)):
         table.add_row(phase, *(str(v) for v in (c.total, c.pending, c.leased, c.succeeded, c.failed)))
     out.print(table)
     eta = f"{status.eta_seconds:.0f} s" if status.eta_seconds is not None else "-"
-    out.print(f"calls/s {status.calls_per_second:.2f}   ETA {eta}   spend ${status.cost_usd:.4f}")
+    # the service counts units that became final per second (answers from the cache too), not provider calls
+    out.print(f"units/s {status.calls_per_second:.2f}   ETA {eta}   spend ${status.cost_usd:.4f}")
 
 
 @app.command("results")
@@ -431,21 +437,30 @@ async def results_command(
 
     With ``DEFEATER_URL`` set they come from that service (with ``DEFEATER_API_TOKEN``), else the local ledger.
     """
+    from service.gates.schemas import GateResult
+    from service.gates.service import evaluate_job
     from service.results.display import print_results
     from service.results.report import render_html
     from service.results.service import results
 
+    gate: GateResult | None = None
     if os.environ.get("DEFEATER_URL"):  # a client of a running service, like `submit`, `wait` and `gate`
         from service.client import ServiceClient
         from service.results.schemas import Results
 
         with ServiceClient() as client:
-            figures = Results.model_validate(client.call("GET", f"/v1/jobs/{_uuid(job_id, 'JOB')}/results"))
+            path = f"/v1/jobs/{_uuid(job_id, 'JOB')}"
+            figures = Results.model_validate(client.call("GET", f"{path}/results"))
+            if html is not None and client.call("GET", path).get("gate"):
+                gate = GateResult.model_validate(client.call("GET", f"{path}/gate"))
     else:
         async with local_session() as session:
-            figures = await results(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
+            job = await jobs.get_job(session, _uuid(job_id, "JOB"))
+            figures = await results(session, job)
+            if html is not None and job.gate is not None:
+                gate = await evaluate_job(session, job)
     if html is not None:
-        html.write_text(render_html(figures, title=f"Defeater results: job {figures.job_id}"))
+        html.write_text(render_html(figures, title=f"Defeater results: job {figures.job_id}", gate=gate))
     if output == "json":
         out.print_json(figures.model_dump_json())
         return
@@ -539,7 +554,7 @@ def openapi_command(
         current = path.read_text() if path.exists() else ""
         if current != spec:
             err.print(f"{path} is stale: run `defeater openapi`")
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)
         out.print(f"{path} is up to date")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -608,12 +623,25 @@ def api_command(
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: every outcome leaves with a code of ``service.exit_codes.ExitCode``."""
     from service import cli_client, cli_demo, cli_run  # noqa: F401  (register `defeater run` and `defeater demo`)
 
-    cli_client.register(app)  # `defeater submit`, `status`, `wait`, `gate`: a client of a running service
+    cli_client.register(app)  # `defeater submit`, `status`, `wait`, `gate`, `cancel`: a client of a running service
+    sys.exit(run_app(app))
+
+
+def run_app(cli: typer.Typer, args: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code. Click's own usage errors (an unknown option, a missing argument) exit 2,
+    which is the gate's "inconclusive": they are shown as click shows them and exit ``ERROR`` instead."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = cli(args=args, standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `defeater` or `defeater jobs` alone: the help, and still a usage error
+        exc.show()
+        return ExitCode.ERROR
+    except ClickException as exc:
+        rich_utils.rich_format_error(exc)
+        return ExitCode.ERROR
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
-        sys.exit(130)
+        return ExitCode.INTERRUPTED
+    return code if isinstance(code, int) else ExitCode.OK

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from redis import Redis
 
+from service.exit_codes import ExitCode
 from tests.conftest import _create_postgres_database, _drop_postgres_database
 from tests.workers.processes import BIN, fake_process, free_port, run_env, stop, wait_ready  # noqa: F401
 
@@ -115,10 +116,11 @@ def test_the_ci_commands_fail_clearly(service: dict[str, Any]) -> None:
     env, folder = service["env"], service["dir"]
     (folder / "bad.yaml").write_text(SUBMISSION.format(fake=service["fake"]).replace("metric: helps_rate", "metric: x"))
     bad = defeater(env, "submit", str(folder / "bad.yaml"))
-    assert bad.returncode == 2 and "gate.checks[0].metric: line 18" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == ExitCode.ERROR and "gate.checks[0].metric: line 18" in bad.stderr
+    assert "Traceback" not in bad.stderr
     unknown = defeater(env, "gate", str(uuid.uuid4()))
-    assert unknown.returncode == 2 and "404" in unknown.stderr
+    assert unknown.returncode == ExitCode.ERROR and "404" in unknown.stderr
     no_token = defeater(env | {"DEFEATER_API_TOKEN": ""}, "status", str(uuid.uuid4()))
-    assert no_token.returncode == 2 and "401" in no_token.stderr and "Traceback" not in no_token.stderr
+    assert no_token.returncode == ExitCode.ERROR and "401" in no_token.stderr and "Traceback" not in no_token.stderr
     away = defeater(env | {"DEFEATER_URL": f"http://127.0.0.1:{free_port()}"}, "wait", str(uuid.uuid4()))
-    assert away.returncode == 2 and "cannot reach the service" in away.stderr
+    assert away.returncode == ExitCode.ERROR and "cannot reach the service" in away.stderr

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from service.auth.binding import serving_auth
 from service.cli import app
 from service.errors import ValidationFailed
+from service.exit_codes import ExitCode
 from service.settings import AuthSettings, Settings
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -45,6 +46,6 @@ def test_turning_tokens_off_beyond_loopback_is_refused_unless_allowed(host: str)
 
 def test_defeater_api_refuses_to_serve_the_network_without_tokens() -> None:
     result = CliRunner().invoke(app, ["api", "--host", "0.0.0.0"], env={"DEFEATER_AUTH__REQUIRED": "false"})
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == ExitCode.ERROR, result.output
     assert "refusing to serve 0.0.0.0 without API tokens" in result.output
     assert "Traceback" not in result.output

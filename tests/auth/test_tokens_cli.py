@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from service.cli import app
+from service.exit_codes import ExitCode
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def tokens(tmp_path: Path) -> CliRunner:
 
 
 def assert_clean_failure(result: Result, *expected: str) -> None:
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == ExitCode.ERROR, result.output
     assert "Traceback" not in result.output and not isinstance(result.exception, Exception | KeyboardInterrupt)
     for text in expected:
         assert text in result.output, result.output
