@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import wraps
@@ -24,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer import rich_utils
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer bundles its own click
+from typer.core import TyperGroup
 
 from service.auth import service as tokens
 from service.auth.scopes import Scope
@@ -40,7 +42,42 @@ from service.model_configs import service as configs
 from service.model_configs.schemas import ModelConfigCreate
 from service.settings import Settings
 
-app = typer.Typer(name="defeater", help="Blind Refusal evaluations at full scale.", no_args_is_help=True)
+
+class _ExitCodes(TyperGroup):
+    """The command group, leaving with a code of ``ExitCode`` whatever happens. Click's own usage errors (an unknown
+    option, a missing argument) exit 2, which is the gate's "inconclusive": they are shown as click shows them and
+    exit ``ERROR`` instead."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command; standalone (as ``defeater``), exit with its code."""
+        run = functools.partial(super().main, args, prog_name, complete_var, False, windows_expand_args, **extra)
+        if not standalone_mode:
+            return run()
+        try:
+            code = run()
+        except NoArgsIsHelpError as exc:  # `defeater` or `defeater jobs` alone: the help, and still a usage error
+            exc.show()
+            code = ExitCode.ERROR
+        except ClickException as exc:
+            rich_utils.rich_format_error(exc)
+            code = ExitCode.ERROR
+        except (typer.Abort, KeyboardInterrupt):
+            err.print("interrupted")
+            code = ExitCode.INTERRUPTED
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
+
+
+app = typer.Typer(
+    name="defeater", help="Blind Refusal evaluations at full scale.", no_args_is_help=True, cls=_ExitCodes
+)
 db_app = typer.Typer(help="The ledger's schema.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Import and list datasets.", no_args_is_help=True)
 configs_app = typer.Typer(help="Register and list model configs.", no_args_is_help=True)
@@ -627,21 +664,4 @@ def main() -> None:
     from service import cli_client, cli_demo, cli_run  # noqa: F401  (register `defeater run` and `defeater demo`)
 
     cli_client.register(app)  # `defeater submit`, `status`, `wait`, `gate`, `cancel`: a client of a running service
-    sys.exit(run_app(app))
-
-
-def run_app(cli: typer.Typer, args: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code. Click's own usage errors (an unknown option, a missing argument) exit 2,
-    which is the gate's "inconclusive": they are shown as click shows them and exit ``ERROR`` instead."""
-    try:
-        code = cli(args=args, standalone_mode=False)
-    except NoArgsIsHelpError as exc:  # `defeater` or `defeater jobs` alone: the help, and still a usage error
-        exc.show()
-        return ExitCode.ERROR
-    except ClickException as exc:
-        rich_utils.rich_format_error(exc)
-        return ExitCode.ERROR
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("interrupted")
-        return ExitCode.INTERRUPTED
-    return code if isinstance(code, int) else ExitCode.OK
+    app()
