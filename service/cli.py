@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import wraps
@@ -22,6 +23,9 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typer import rich_utils
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer bundles its own click
+from typer.core import TyperGroup
 
 from service.auth import service as tokens
 from service.auth.scopes import Scope
@@ -39,7 +43,42 @@ from service.model_configs import service as configs
 from service.model_configs.schemas import ModelConfigCreate
 from service.settings import Settings
 
-app = typer.Typer(name="defeater", help="Blind Refusal evaluations at full scale.", no_args_is_help=True)
+
+class _ExitCodes(TyperGroup):
+    """The command group, leaving with a code of ``ExitCode`` whatever happens. Click's own usage errors (an unknown
+    option, a missing argument) exit 2, which is the gate's "inconclusive": they are shown as click shows them and
+    exit ``ERROR`` instead."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command; standalone (as ``defeater``), exit with its code."""
+        run = functools.partial(super().main, args, prog_name, complete_var, False, windows_expand_args, **extra)
+        if not standalone_mode:
+            return run()
+        try:
+            code = run()
+        except NoArgsIsHelpError as exc:  # `defeater` or `defeater jobs` alone: the help, and still a usage error
+            exc.show()
+            code = ExitCode.ERROR
+        except ClickException as exc:
+            rich_utils.rich_format_error(exc)
+            code = ExitCode.ERROR
+        except (typer.Abort, KeyboardInterrupt):
+            err.print("interrupted")
+            code = ExitCode.INTERRUPTED
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
+
+
+app = typer.Typer(
+    name="defeater", help="Blind Refusal evaluations at full scale.", no_args_is_help=True, cls=_ExitCodes
+)
 db_app = typer.Typer(help="The ledger's schema.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Import and list datasets.", no_args_is_help=True)
 configs_app = typer.Typer(help="Register and list model configs.", no_args_is_help=True)
@@ -433,7 +472,8 @@ def _uuid(value: str, name: str) -> Any:
         raise ValidationFailed(f"{name}: {value!r} is not a job id", [FieldError(name, "not a UUID")]) from None
 
 
-def print_status(status: JobRead) -> None:
+def print_status(status: JobRead, state: str | None = None) -> None:
+    """The job's progress by phase, throughput, ETA and spend; ``state`` overrides the ledger's (a stopped run)."""
     table = Table(
         "phase",
         "total",
@@ -441,13 +481,14 @@ def print_status(status: JobRead) -> None:
         "leased",
         "succeeded",
         "failed",
-        title=f"job {status.id}: {status.state.value}",
+        title=f"job {status.id}: {state or status.state.value}",
     )
     for phase, c in (("requests", status.progress.requests), ("judgements", status.progress.judgements)):
         table.add_row(phase, *(str(v) for v in (c.total, c.pending, c.leased, c.succeeded, c.failed)))
     out.print(table)
     eta = f"{status.eta_seconds:.0f} s" if status.eta_seconds is not None else "-"
-    out.print(f"calls/s {status.calls_per_second:.2f}   ETA {eta}   spend ${status.cost_usd:.4f}")
+    # the service counts units that became final per second (answers from the cache too), not provider calls
+    out.print(f"units/s {status.calls_per_second:.2f}   ETA {eta}   spend ${status.cost_usd:.4f}")
 
 
 @app.command("results")
@@ -461,21 +502,30 @@ async def results_command(
 
     With ``DEFEATER_URL`` set they come from that service (with ``DEFEATER_API_TOKEN``), else the local ledger.
     """
+    from service.gates.schemas import GateResult
+    from service.gates.service import evaluate_job
     from service.results.display import print_results
     from service.results.report import render_html
     from service.results.service import results
 
+    gate: GateResult | None = None
     if os.environ.get("DEFEATER_URL"):  # a client of a running service, like `submit`, `wait` and `gate`
         from service.client import ServiceClient
         from service.results.schemas import Results
 
         with ServiceClient() as client:
-            figures = Results.model_validate(client.call("GET", f"/v1/jobs/{_uuid(job_id, 'JOB')}/results"))
+            path = f"/v1/jobs/{_uuid(job_id, 'JOB')}"
+            figures = Results.model_validate(client.call("GET", f"{path}/results"))
+            if html is not None and client.call("GET", path).get("gate"):
+                gate = GateResult.model_validate(client.call("GET", f"{path}/gate"))
     else:
         async with local_session(create=False) as session:
-            figures = await results(session, await jobs.get_job(session, _uuid(job_id, "JOB")))
+            job = await jobs.get_job(session, _uuid(job_id, "JOB"))
+            figures = await results(session, job)
+            if html is not None and job.gate is not None:
+                gate = await evaluate_job(session, job)
     if html is not None:
-        html.write_text(render_html(figures, title=f"Defeater results: job {figures.job_id}"))
+        html.write_text(render_html(figures, title=f"Defeater results: job {figures.job_id}", gate=gate))
     if output == "json":
         out.print_json(figures.model_dump_json())
         return
@@ -569,7 +619,7 @@ def openapi_command(
         current = path.read_text() if path.exists() else ""
         if current != spec:
             err.print(f"{path} is stale: run `defeater openapi`")
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)
         out.print(f"{path} is up to date")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -658,12 +708,8 @@ def api_command(
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: every outcome leaves with a code of ``service.exit_codes.ExitCode``."""
     from service import cli_client, cli_demo, cli_run  # noqa: F401  (register `defeater run` and `defeater demo`)
 
-    cli_client.register(app)  # `defeater submit`, `status`, `wait`, `gate`: a client of a running service
-    try:
-        app()
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    cli_client.register(app)  # `defeater submit`, `status`, `wait`, `gate`, `cancel`: a client of a running service
+    app()

@@ -13,7 +13,7 @@ import platformdirs
 import typer
 
 from service.cli import app, command, local_db, out
-from service.cli_run import _reporter
+from service.cli_run import _final, _reporter
 from service.datasets.service import ensure_starter
 from service.jobs import service as jobs
 from service.jobs.schemas import JobCreate
@@ -21,7 +21,6 @@ from service.model_configs.schemas import ModelConfigCreate
 from service.model_configs.service import register
 from service.results.display import print_results
 from service.results.report import render_html
-from service.results.service import results
 from service.settings import ProviderSettings, Settings
 from workers.executor.embedded import EmbeddedExecutor
 from workers.providers.fake import FakeConfig, FakeProvider
@@ -68,15 +67,16 @@ async def demo_command(
             body = JobCreate(dataset_id=starter.id, model_config_ids=targets, judge_config_ids=[judge.id])
             job = (await jobs.create_job(session, body, settings)).job
             await session.commit()
+            status = await jobs.read_job(session, job)
         out.print(f"job {job.id}: {job.request_count} answers to get and judge ({job.case_count} starter cases x 3)")
         runtime = Runtime.build(settings)
         try:
-            with _reporter(job.request_count, 0, True) as tick:
-                await EmbeddedExecutor(runtime, sessionmaker).run_job(job.id, on_tick=tick)
+            async with _reporter(sessionmaker, status, runtime, True) as live:
+                await EmbeddedExecutor(runtime, sessionmaker).run_job(job.id, on_tick=live.tick)
+                final, figures = await _final(sessionmaker, job.id)
+                live.finish(final)
         finally:
             await runtime.adapters.aclose()
-        async with sessionmaker() as session:
-            figures = await results(session, await jobs.get_job(session, job.id))
     print_results(out, figures)
     report.write_text(render_html(figures, title="Defeater demo: the starter dataset, three simulated models"))
     out.print(f"HTML report: {report.resolve()}")

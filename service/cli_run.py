@@ -8,12 +8,12 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import client as api
@@ -40,19 +40,22 @@ from service.cli import (
     print_status,
 )
 from service.cli_client import _follow
+from service.cli_progress import PhaseBars, phases_text, print_job_problems
 from service.datasets.service import STARTER_NAME
 from service.errors import DefeaterError, FieldError, ValidationFailed
-from service.exit_codes import ExitCode
+from service.exit_codes import ExitCode, for_job
 from service.jobs import service as jobs
 from service.jobs.schemas import JobRead, JobRetry, RetryPhase
 from service.results.display import print_results
+from service.results.schemas import Results
 from service.results.service import results
 from service.settings import Settings
 from workers.executor.embedded import EmbeddedExecutor, RunOutcome
 from workers.tasks import Runtime, Stats
 
-EXIT_CODES = {"completed": 0, "failed": 1, "cancelled": 1, "paused": 3, "stopped": 130}
 PLAIN_EVERY_S = 5.0
+# how often the display reads the job's counts from the ledger
+POLL_S = 1.0
 
 
 @app.command("run")
@@ -98,20 +101,19 @@ async def execute(
         out.print(f"job [bold]{status.id}[/]: {status.request_count} requests ({status.case_count} cases)")
     runtime = Runtime.build(settings)
     executor = EmbeddedExecutor(runtime, sessionmaker)
-    done_before = status.progress.requests.succeeded + status.progress.requests.failed
     try:
-        with _interrupts(executor), _reporter(status.request_count, done_before, output != "json") as tick:
-            outcome = await executor.run_job(status.id, on_tick=tick)
+        async with _reporter(sessionmaker, status, runtime, output != "json") as live:
+            with _interrupts(executor):
+                outcome = await executor.run_job(status.id, on_tick=live.tick)
+            final, figures = await _final(sessionmaker, status.id)
+            live.finish(final)
     finally:
         await runtime.adapters.aclose()
-    async with sessionmaker() as session:
-        job = await jobs.get_job(session, status.id)
-        final = await jobs.read_job(session, job)
-        figures = await results(session, job)
-    _summary(outcome, final, output)
+    shown = _shown_state(outcome, final)
+    _summary(outcome, final, output, shown)
     if output != "json":
-        print_results(out, figures)
-    return EXIT_CODES.get(outcome.state, 1)
+        print_results(out, figures.model_copy(update={"state": shown}) if shown else figures)
+    return for_job(outcome.state, warnings(final))
 
 
 @app.command("retry")
@@ -135,7 +137,7 @@ async def retry_command(
     if os.environ.get("DEFEATER_URL"):
         raise typer.Exit(_retry_on_service(str(job_id), body, wait, output))
     settings = Settings()
-    async with local_db(settings) as sessionmaker:
+    async with local_db(settings, create=False) as sessionmaker:
         async with sessionmaker() as session:
             retried = await jobs.retry_job(session, job_id, body)
             await session.commit()
@@ -166,6 +168,13 @@ def _job_id(ref: str, name: str) -> uuid.UUID:
         return uuid.UUID(ref)
     except ValueError:
         raise ValidationFailed(f"{name} {ref!r} is not a job id", [FieldError(name, "not a UUID")]) from None
+
+
+async def _final(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> tuple[JobRead, Results]:
+    """The job's status and results as the run leaves them."""
+    async with sessionmaker() as session:
+        job = await jobs.get_job(session, job_id)
+        return await jobs.read_job(session, job), await results(session, job)
 
 
 async def _resume(session: AsyncSession, job_ref: str, budget: float | None) -> JobRead:
@@ -204,56 +213,121 @@ def _interrupts(executor: EmbeddedExecutor) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-@contextmanager
-def _reporter(total: int, done_before: int, visible: bool) -> Iterator[Callable[[Stats], None]]:
-    """A live progress bar on a terminal, a plain line every few seconds otherwise."""
-    started = time.monotonic()
+@dataclass
+class LiveRun:
+    """What a run shows while it works: the job's counts in the ledger (read every ``POLL_S``) and this run's calls
+    (``Stats``, every tick of the executor). ``finish`` shows the job's final status, the one the summary prints."""
 
-    def figures(stats: Stats) -> str:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        rate = (stats.succeeded + stats.failed - stats.reused) / elapsed
-        left = total - done_before - stats.succeeded - stats.failed
-        eta = f"{left / rate:.0f}s" if rate > 0 else "-"
-        return (
-            f"in flight {stats.in_flight}  retrying {stats.retries}  failed {stats.failed}  "
-            f"{rate:.1f} calls/s  ETA {eta}  ${stats.spend_usd:.4f}"
-        )
+    status: JobRead
+    runtime: Runtime
+    # the job's spend before this run: the run's own spend is added to it, so the bar's figure is the ledger's
+    spent_before: float = 0.0
+    stats: Stats = field(default_factory=Stats)
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    final: bool = False
 
+    def tick(self, stats: Stats) -> None:
+        """The executor's tick: this run's live counters."""
+        self.stats = stats
+
+    def finish(self, status: JobRead) -> None:
+        """The run is over: from now on the figures are the ledger's final ones, and calls/s stays as it ended."""
+        self.status, self.ended, self.final = status, time.monotonic(), True
+
+    def spend(self) -> float:
+        return self.status.cost_usd if self.final else self.spent_before + self.stats.spend_usd
+
+    def figures(self) -> str:
+        """Calls really in flight (those waiting for a rate slot apart), retries, calls/s, cache hits, ETA, spend."""
+        s = self.stats
+        waiting = len(self.runtime.waiting) if not self.final else 0
+        in_flight = max(s.in_flight - waiting, 0)
+        parts = [f"in flight {in_flight}" + (f" (+{waiting} waiting for a rate slot)" if waiting else "")]
+        if s.retries:
+            parts.append(f"{s.retries} retries")
+        elapsed = max((self.ended or time.monotonic()) - self.started, 1e-6)
+        parts.append(f"{s.calls / elapsed:.1f} calls/s" if s.calls else "no calls")
+        if s.reused:
+            parts.append(f"{s.reused} answers from cache")
+        if self.status.eta_seconds is not None and not self.final:
+            parts.append(f"ETA {self.status.eta_seconds:.0f} s")
+        parts.append(f"${self.spend():.4f}")
+        return ", ".join(parts)
+
+    def line(self) -> str:
+        """Both phases and the figures, for a log."""
+        return f"{phases_text(self.status.progress.model_dump())}; {self.figures()}"
+
+
+@asynccontextmanager
+async def _reporter(
+    sessionmaker: async_sessionmaker[AsyncSession], status: JobRead, runtime: Runtime, visible: bool
+) -> AsyncIterator[LiveRun]:
+    """Live progress of both phases: bars on a terminal, a plain line every few seconds (and at the end) otherwise.
+    Call ``finish`` on what it yields with the job's final status."""
+    live = LiveRun(status, runtime, spent_before=status.cost_usd)
     if not visible:
-        yield lambda stats: None
-        return
-    if not out.is_terminal:
-        last = [0.0]
-
-        def plain(stats: Stats) -> None:
-            if time.monotonic() - last[0] >= PLAIN_EVERY_S:
-                last[0] = time.monotonic()
-                done = done_before + stats.succeeded + stats.failed
-                out.print(f"{done}/{total} done  {figures(stats)}", highlight=False)
-
-        yield plain
-        return
-    columns = (BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=out, transient=False) as progress:
-        task = progress.add_task("", total=total, completed=done_before)
-
-        def live(stats: Stats) -> None:
-            done = done_before + stats.succeeded + stats.failed
-            progress.update(task, completed=done, description=figures(stats))
-
         yield live
+        return
+    bars = PhaseBars(out, live.figures) if out.is_terminal else None
+    printed = [time.monotonic()]
+
+    def show() -> None:
+        if bars is not None:
+            bars.update(live.status.progress.model_dump())
+        elif live.final or time.monotonic() - printed[0] >= PLAIN_EVERY_S:
+            printed[0] = time.monotonic()
+            out.print(live.line(), highlight=False)
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            async with sessionmaker() as session:
+                live.status = await jobs.read_job(session, await jobs.get_job(session, status.id))
+            show()
+
+    with bars if bars is not None else nullcontext():
+        if bars is not None:
+            show()  # the counts the job starts from, not a bar without a total until the first read
+        poller = asyncio.create_task(poll())
+        try:
+            yield live
+        finally:
+            poller.cancel()
+            with suppress(asyncio.CancelledError):
+                await poller
+            if live.final:
+                show()
 
 
-def _summary(outcome: RunOutcome, status: JobRead, output: str) -> None:
+def _shown_state(outcome: RunOutcome, status: JobRead) -> str | None:
+    """What to call the job when a run stopped it (Ctrl-C) or its budget paused it: the ledger keeps such a job
+    ``running`` so that ``--resume`` can continue it, but nothing runs it any more. None: the ledger's state."""
+    if outcome.state in ("stopped", "paused") and not status.state.final:
+        return f"{outcome.state} (resumable)"
+    return None
+
+
+def _summary(outcome: RunOutcome, status: JobRead, output: str, shown: str | None) -> None:
+    """The job as the run leaves it (``shown`` in place of the ledger's state); its error and warnings (stderr)."""
     if output == "json":
         out.print_json(status.model_dump_json())
-        return
-    print_status(status)
-    s = outcome.stats
-    out.print(f"run ended: {outcome.state}; {s.calls} calls, {s.reused} answers reused, {s.rate_limited} rate-limited")
-    for reason, n in sorted(status.errors_by_kind.items()):
-        out.print(f"  failed: {reason}: {n}")
-    if outcome.state in ("paused", "stopped"):
+    else:
+        print_status(status, state=shown)
+        s = outcome.stats
         out.print(
-            f"continue with: defeater run --resume {status.id}" + (" --budget N" if outcome.state == "paused" else "")
+            f"run ended: {outcome.state}; {s.calls} calls, {s.reused} answers from cache, {s.rate_limited} rate-limited"
         )
+        for reason, n in sorted(status.errors_by_kind.items()):
+            out.print(f"  failed: {reason}: {n}")
+        if outcome.state in ("paused", "stopped"):
+            resume = f"continue with: defeater run --resume {status.id}"
+            out.print(resume + (" --budget N" if outcome.state == "paused" else ""))
+    print_job_problems(err, status.error, warnings(status))
+
+
+def warnings(status: JobRead) -> list[str]:
+    """The job's warnings (failed or unjudged units); read defensively: the field is new in the job's status."""
+    found: list[str] = getattr(status, "warnings", None) or []
+    return found

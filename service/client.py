@@ -1,8 +1,8 @@
 """The client side of the CLI: ``defeater submit``, ``status``, ``wait`` and ``gate`` against a running service.
 
-They read ``DEFEATER_URL`` and ``DEFEATER_API_TOKEN``. Exit codes are for CI: ``gate`` exits 0 when the gate
-passes, 1 when it fails and 2 when it is inconclusive or anything went wrong (bad file, unreachable service,
-refused request); ``wait`` exits 0 when the job completed, 1 when it ended otherwise, 2 on error.
+They read ``DEFEATER_URL`` and ``DEFEATER_API_TOKEN``. Exit codes are for CI (``service/exit_codes.py``, the table
+in ``docs/ci.md``): ``gate`` exits 0 when the gate passes, 1 when it fails, 2 when it is inconclusive and 5 when
+anything went wrong (bad file, unreachable service, refused request), so that an error is never read as a verdict.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from xml.etree import ElementTree
 
 import httpx
 
+from service.cli_progress import PHASES, phases_text
 from service.client_file import Submission
 from service.errors import DefeaterError, FieldError
+from service.exit_codes import ExitCode
+from service.gates.text import P_VALUE_LEGEND, against, check_name, interval, number, why
 from service.settings import Settings
 
 # how often ``wait`` asks for news, and how many times it reconnects to a stream that was cut
 EVENTS_INTERVAL_S = 1.0
 RECONNECTS = 20
-EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
+EXIT = {"pass": ExitCode.OK, "fail": ExitCode.FAILED, "inconclusive": ExitCode.INCONCLUSIVE}
 
 
 class ServiceError(DefeaterError):
@@ -139,17 +142,25 @@ def _config_ref(client: ServiceClient, ref: Any) -> str:
 
 def progress_line(status: dict[str, Any]) -> str:
     """One plain line of a job's status, for logs (CI) where a progress bar would be noise."""
-    requests, judgements = status["progress"]["requests"], status["progress"]["judgements"]
+    return f"{status['state']}: {phases_text(status['progress'])}, {_rate_eta_spend(status)}"
+
+
+def figures_line(status: dict[str, Any]) -> str:
+    """The line under the bars of ``wait``: state, units held by workers, throughput, ETA, spend."""
+    progress = status["progress"]
+    leased = sum(progress[phase].get("leased", 0) for phase in PHASES)
+    return f"{status['state']}, {leased} leased by workers, {_rate_eta_spend(status)}"
+
+
+def _rate_eta_spend(status: dict[str, Any]) -> str:
+    # the service's throughput counts units that became final (answers from the cache too), hence units/s
     eta = f"{status['eta_seconds']:.0f} s" if status.get("eta_seconds") is not None else "-"
-    return (
-        f"{status['state']}: requests {requests['succeeded'] + requests['failed']}/{requests['total']} "
-        f"(failed {requests['failed']}), judgements {judgements['succeeded'] + judgements['failed']}/"
-        f"{judgements['total']}, {status['calls_per_second']:.1f} calls/s, ETA {eta}, ${status['cost_usd']:.2f}"
-    )
+    return f"{status['calls_per_second']:.1f} units/s, ETA {eta}, ${status['cost_usd']:.4f}"
 
 
 def junit_xml(job_id: str, gate: dict[str, Any]) -> str:
-    """The gate as JUnit XML: a test case per (config, check); a failed check fails, an inconclusive one errs."""
+    """The gate as JUnit XML: a test case per (config, check), named by metric, cases and threshold or baseline (a
+    name repeated within a config gets the check's position); a failed check fails, an inconclusive one errs."""
     checks = [(c, check) for c in gate["configs"] for check in c["checks"]]
     suite = ElementTree.Element(
         "testsuite",
@@ -158,67 +169,57 @@ def junit_xml(job_id: str, gate: dict[str, Any]) -> str:
         failures=str(sum(check["verdict"] == "fail" for _, check in checks)),
         errors=str(sum(check["verdict"] == "inconclusive" for _, check in checks)),
     )
-    for config, check in checks:
-        case = ElementTree.SubElement(
-            suite, "testcase", classname=str(config.get("name") or config["model_config_id"]), name=_check_name(check)
-        )
-        if check["verdict"] == "fail":
-            ElementTree.SubElement(case, "failure", message=_check_figures(check))
-        elif check["verdict"] == "inconclusive":
-            ElementTree.SubElement(case, "error", message=f"inconclusive: {_check_figures(check)}")
+    for config in gate["configs"]:
+        names = _unique([check_name(check) for check in config["checks"]], config["checks"])
+        for check, name in zip(config["checks"], names, strict=True):
+            case = ElementTree.SubElement(
+                suite, "testcase", classname=str(config.get("name") or config["model_config_id"]), name=name
+            )
+            if check["verdict"] == "fail":
+                ElementTree.SubElement(case, "failure", message=_check_figures(check))
+            elif check["verdict"] == "inconclusive":
+                ElementTree.SubElement(case, "error", message=f"inconclusive: {_check_figures(check)}")
     root = ElementTree.Element("testsuites")
     root.append(suite)
     return ElementTree.tostring(root, encoding="unicode", xml_declaration=True)
 
 
+def _unique(names: list[str], checks: list[dict[str, Any]]) -> list[str]:
+    """The names, each one that occurs more than once told apart by its check's position in the gate."""
+    repeated = {name for name in names if names.count(name) > 1}
+    return [
+        f"{name} [check {check.get('index', i)}]" if name in repeated else name
+        for i, (name, check) in enumerate(zip(names, checks, strict=True))
+    ]
+
+
 def markdown(job_id: str, gate: dict[str, Any]) -> str:
-    """The gate as a Markdown summary, for a pull request comment."""
+    """The gate as a Markdown summary, for a pull request comment: a row per check with why it did not pass, and
+    what the p-values are."""
     lines = [f"### Defeater gate: **{gate['verdict']}** (job `{job_id}`)", ""]
+    if not gate.get("final", True):
+        lines += [f"The job is still {gate['state']}: the verdict may change.", ""]
     lines += [
-        "| config | check | figure | 95% CI | threshold / baseline | p | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| config | check | figure | 95% CI | threshold / baseline | p | verdict | why |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config in gate["configs"]:
         for check in config["checks"]:
             lines.append(
-                f"| {config.get('name') or config['model_config_id']} | {_check_name(check)} | "
+                f"| {config.get('name') or config['model_config_id']} | {check_name(check)} | "
                 f"{number(check.get('figure'))} | {interval(check.get('ci95'))} | {against(check)} | "
-                f"{number(check.get('p_value'))} | {check['verdict']} |"
+                f"{number(check.get('p_value'))} | {check['verdict']} | {why(check)} |"
             )
-    return "\n".join(lines) + "\n"
-
-
-def interval(ci: Any) -> str:
-    """A 95% interval as ``low-high`` (the API sends ``[low, high]``), or ``-``."""
-    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-"
-
-
-def against(check: dict[str, Any]) -> str:
-    """What a check's figure is held to: its threshold, or the baseline (with the paired difference)."""
-    if check.get("threshold") is not None:
-        return f"{check.get('op', '')} {check['threshold']}"
-    text = f"baseline {number(check.get('baseline_figure'))}"
-    difference = check.get("difference") or {}
-    if difference.get("value") is not None:
-        text += f", difference {number(difference['value'])} [{interval(difference.get('ci95'))}]"
-    return text
-
-
-def _check_name(check: dict[str, Any]) -> str:
-    return f"{check['metric']} ({check['cases']})"
+    return "\n".join([*lines, "", P_VALUE_LEGEND]) + "\n"
 
 
 def _check_figures(check: dict[str, Any]) -> str:
-    parts = [f"figure {number(check.get('figure'))} [{interval(check.get('ci95'))}]", against(check)]
+    parts = [f"figure {number(check.get('figure'))} {interval(check.get('ci95'))}", against(check)]
     if check.get("p_value") is not None:
-        parts.append(f"p {number(check['p_value'])}")
+        parts.append(f"p {number(check['p_value'])} (one-sided)")
     if check.get("reason"):
         parts.append(str(check["reason"]))
     return ", ".join(parts)
-
-
-def number(value: Any) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def write_reports(job_id: str, gate: dict[str, Any], junit: Path | None, summary: Path | None) -> None:

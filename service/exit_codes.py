@@ -19,3 +19,18 @@ class ExitCode(IntEnum):
     WARNINGS = 4  # the job completed, but some of its units failed or stayed unjudged (see its warnings)
     ERROR = 5  # nothing was decided: bad input or usage, unreachable service, refused token or request
     INTERRUPTED = 130  # Ctrl-C: the command stopped (a job it ran is stopped, not failed; one it watched goes on)
+
+
+def for_job(state: str, warnings: list[str] | None = None) -> ExitCode:
+    """The exit code of a command that ran or followed a job to its end (``run``, ``wait``, ``submit --wait``).
+
+    ``stopped`` is a run's own Ctrl-C (the job stays resumable); any state that is not an end is taken as a failure
+    rather than a success, so that nothing unexpected passes a pipeline.
+    """
+    if state == "completed":
+        return ExitCode.WARNINGS if warnings else ExitCode.OK
+    if state == "paused":
+        return ExitCode.PAUSED
+    if state == "stopped":
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED

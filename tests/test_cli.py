@@ -61,6 +61,19 @@ def test_jobs_create_registers_models_and_writes_the_requests(env_without_defeat
     assert shown.returncode == 0 and "queued" in shown.stdout
     cancelled = run(env_without_defeater, "jobs", "cancel", job["id"])
     assert "cancelled" in cancelled.stdout
+    # a cancelled job's open units will never run: its figures are final, and it says so
+    shown = run(env_without_defeater, "results", job["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "20 units were never run: the job is cancelled" in shown.stdout and "will change" not in shown.stdout
+
+
+def test_a_usage_error_exits_with_the_error_code_not_inconclusive(env_without_defeater: dict[str, str]) -> None:
+    missing = run(env_without_defeater, "jobs", "show")
+    assert missing.returncode == ExitCode.ERROR and "Missing argument" in missing.stderr
+    unknown = run(env_without_defeater, "jobs", "list", "--bogus")
+    assert unknown.returncode == ExitCode.ERROR and "No such option" in unknown.stderr
+    assert "Traceback" not in missing.stderr + unknown.stderr
+    assert run(env_without_defeater, "jobs", "list", "--help").returncode == ExitCode.OK
 
 
 def test_bad_arguments_get_clear_messages(env_without_defeater: dict[str, str], tmp_path: Path) -> None:

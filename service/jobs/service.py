@@ -264,8 +264,10 @@ class Measured:
 async def measure(session: AsyncSession, job: Job) -> Measured:
     """Count the job's units by phase and state, its recent throughput, tokens and spend."""
     now = utcnow()
-    window_start = max(now - THROUGHPUT_WINDOW, job.started_at or now)
-    seconds = (now - window_start).total_seconds()
+    # a finished job's throughput is the one it ended with, not one that decays as time passes
+    end = job.finished_at if JobState(job.state).final and job.finished_at is not None else now
+    window_start = max(end - THROUGHPUT_WINDOW, job.started_at or end)
+    seconds = (end - window_start).total_seconds()
     units = await repository.unit_summary(session, job.id, window_start if seconds > 0 else None)
     links = await repository.config_ids(session, job.id)
     return Measured(now, seconds, units, links, await repository.answer_usage(session, job.id))

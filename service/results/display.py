@@ -5,7 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from service.db.models import JobState
 from service.results.schemas import Difference, Rate, Results
+
+FINAL_STATES = frozenset(state.value for state in JobState if state.final)
 
 
 def _pct(rate: Rate) -> str:
@@ -51,6 +54,12 @@ def results_table(results: Results) -> Table:
 
 
 def print_results(console: Console, results: Results) -> None:
+    """The results table, and what its open units mean: work to come, or work that an ended job will never do."""
     console.print(results_table(results))
-    if results.overall.all.open:
-        console.print(f"{results.overall.all.open} units are still open: figures will change", style="yellow")
+    open_units = results.overall.all.open
+    if not open_units:
+        return
+    if results.state in FINAL_STATES:
+        console.print(f"{open_units} units were never run: the job is {results.state}", style="yellow")
+    else:
+        console.print(f"{open_units} units are still open: figures will change", style="yellow")

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 from service.db.models.enums import Family
+from service.gates import text
+from service.gates.schemas import CheckResult, ConfigGate, GateResult
 from service.results.schemas import CATEGORY_NAMES, Cell, Comparison, ConfigResult, Difference, Group, Rate, Results
 
 DASH: Final = "–"
@@ -64,6 +66,9 @@ ul.keys { list-style: none; padding: 0; margin: 4px 0 8px; display: flex; flex-w
 .swatch.round { border-radius: 50%; }
 svg.chart { display: block; font-size: 12px; }
 svg.chart text { fill: #1a1a1a; }
+.verdict.pass { color: #007a55; font-weight: 600; }
+.verdict.fail { color: #b03a00; font-weight: 600; }
+.verdict.inconclusive { color: #8a6d00; font-weight: 600; }
 """
 
 
@@ -73,8 +78,9 @@ def render_html(
     title: str,
     generated_at: datetime | None = None,
     config_labels: dict[uuid.UUID, str] | None = None,
+    gate: GateResult | None = None,
 ) -> str:
-    """Render ``results`` as one self-contained HTML document.
+    """Render ``results`` as one self-contained HTML document, with the job's ``gate`` verdict when it has one.
 
     ``config_labels`` names configs by id, in place of their own ``name``; configs known by neither are shown by
     the start of their id. ``generated_at`` defaults to now (UTC).
@@ -84,6 +90,7 @@ def render_html(
     when = generated_at or datetime.now(UTC)
     body = [
         _header(results, title, when),
+        *([_gate(gate)] if gate is not None else []),
         _legend(),
         _headline_table(results.by_model_config, labels),
         _heatmap(results, labels),
@@ -112,7 +119,7 @@ def _pct(value: float | None) -> str:
 
 
 def _pct_ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f"{ci[0] * 100:.1f}–{ci[1] * 100:.1f}%"
+    return "" if ci is None else f"[{ci[0] * 100:.1f}%, {ci[1] * 100:.1f}%]"
 
 
 def _points(value: float | None) -> str:
@@ -121,7 +128,7 @@ def _points(value: float | None) -> str:
 
 
 def _points_ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f"{ci[0] * 100:+.1f} to {ci[1] * 100:+.1f} pp"
+    return "" if ci is None else f"[{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}] pp"
 
 
 def _p_value(p: float | None) -> str:
@@ -272,6 +279,36 @@ def _comparisons(comparisons: Sequence[Comparison], labels: Mapping[uuid.UUID, s
         '<section id="comparisons">\n<h2>Paired comparisons</h2>\n'
         '<p class="note">Two configs on the same (case, sample) pairs: exact McNemar test on the discordant pairs, '
         "and the paired difference with its 95% interval.</p>\n" + _table(heads, rows, text_columns=2) + "\n</section>"
+    )
+
+
+GATE_HEADS: Final = ("Config", "Check", "Figure", "95% CI", "Threshold / baseline", "p", "Verdict", "Why")
+
+
+def _gate_row(config: ConfigGate, check: CheckResult) -> str:
+    shown = check.model_dump(mode="json")
+    cells = [
+        _name_cell(config.name),
+        f"<td>{_esc(text.check_name(shown))}</td>",
+        _num_cell(text.number(check.figure)),
+        _num_cell(text.interval(check.ci95)),
+        f"<td>{_esc(text.against(shown))}</td>",
+        _num_cell(_p_value(check.p_value)),
+        f'<td class="verdict {_esc(check.verdict)}">{_esc(check.verdict)}</td>',
+        f"<td>{_esc(text.why(shown))}</td>",
+    ]
+    return "".join(cells)
+
+
+def _gate(gate: GateResult) -> str:
+    rows = [_gate_row(config, check) for config in gate.configs for check in config.checks]
+    so_far = "" if gate.final else f" The job is still {gate.state}: the verdict may change."
+    return (
+        f'<section id="gate">\n<h2>Gate: <span class="verdict {_esc(gate.verdict)}">{_esc(gate.verdict)}</span></h2>\n'
+        f'<p class="note">Pass only if every check of every gated config passes; fail if any fails; else '
+        f"inconclusive.{_esc(so_far)}</p>\n"
+        + _table(GATE_HEADS, rows, text_columns=2)
+        + f'\n<p class="note">{_esc(text.P_VALUE_LEGEND)}</p>\n</section>'
     )
 
 

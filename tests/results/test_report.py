@@ -11,6 +11,8 @@ from html.parser import HTMLParser
 
 import pytest
 
+from service.gates.schemas import CheckResult, ConfigGate, GateResult, PairedDifference
+from service.jobs.schemas import GateSpec
 from service.results.report import FAMILIES, render_html
 from service.results.schemas import (
     CATEGORY_NAMES,
@@ -227,7 +229,7 @@ def test_figures_are_percentages_with_one_decimal(create: Callable[..., Results]
     page = render(create(names_for(3)))
 
     assert "75.0%" in page  # config 0 helps 30 of 40 on defeated cases
-    assert "65.0–85.0%" in page  # and its interval
+    assert "[65.0%, 85.0%]" in page  # and its interval
     assert "+50.0 pp" in page  # the comparison's difference
     assert "&lt;0.001" in page  # its p-value
     assert re.search(r"\d\.\d{2,}%", page) is None
@@ -301,3 +303,35 @@ def test_eighteen_configs_render_in_well_under_a_second(create: Callable[..., Re
 
     assert elapsed < 0.25
     assert page.count('class="hm-cell') == len(FAMILIES) * 18
+
+
+def test_the_gate_is_shown_with_each_check_and_why(create: Callable[..., Results]) -> None:
+    results = create(names_for(2))
+    spec = GateSpec.model_validate(
+        {"checks": [{"metric": "helps_rate", "cases": "defeated", "op": ">=", "threshold": 0.7},
+                    {"metric": "helps_rate", "cases": "defeated", "baseline": LONG}]}
+    )  # fmt: skip
+    absolute = CheckResult(
+        index=0, kind="absolute", metric="helps_rate", cases="defeated", op=">=", figure=0.75, ci95=(0.6, 0.86),
+        threshold=0.7, test="binomial_exact", p_value=0.8, n=40, units=43, missing=3, missing_share=0.07,
+        verdict="inconclusive", reason="the 95% interval [0.600, 0.860] straddles the threshold 0.7",
+    )  # fmt: skip
+    regression = absolute.model_copy(
+        update={"index": 1, "kind": "regression", "threshold": None, "baseline": LONG, "baseline_figure": 0.25,
+                "difference": PairedDifference(value=0.5, ci95=(-0.23, -0.112), margin=0.05), "alpha": 0.05,
+                "test": "mcnemar_exact", "p_value": 1.0, "verdict": "pass", "reason": "no significant regression"}
+    )  # fmt: skip
+    config = ConfigGate(model_config_id=uuid.UUID(int=1), name=NASTY, verdict="inconclusive",
+                        checks=[absolute, regression])  # fmt: skip
+    gate = GateResult(job_id=results.job_id, state="completed", final=True, verdict="inconclusive", passed=False,
+                      gate=spec, configs=[config])  # fmt: skip
+
+    page = render_html(results, title="gated", generated_at=WHEN, gate=gate)
+
+    section = page[page.index('<section id="gate">') : page.index("</section>", page.index('<section id="gate">'))]
+    assert "inconclusive" in section and NASTY_ESCAPED in section and NASTY not in section
+    assert "helps_rate (defeated) &gt;= 0.7" in section and "[0.600, 0.860]" in section
+    assert "straddles the threshold 0.7" in section
+    assert f"baseline {LONG}" in section and "[-0.230, -0.112]" in section
+    assert "one-sided" in section
+    assert '<section id="gate">' not in render(results)  # a job without a gate has no such section

@@ -46,9 +46,31 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(fake_process: Any, run_env:
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert f"defeater run --resume {job_id}" in out
+    # the run says the job stopped, though the ledger keeps it running for --resume
+    assert f"job {job_id}: stopped" in out and f"job {job_id}: running" not in out
     assert "Traceback" not in err
     status = subprocess.run(
         [str(BIN / "defeater"), "jobs", "show", job_id, "--format", "json"], env=run_env, capture_output=True, text=True
     )
     requests = json.loads(status.stdout)["progress"]["requests"]
     assert requests["leased"] == 0 and requests["succeeded"] == ledger(url)["successes"]
+
+
+def test_a_run_shows_both_phases_the_ledgers_spend_and_answers_from_the_cache(
+    fake_process: Any, run_env: dict[str, str]
+) -> None:
+    url = fake_process({"latency": {"distribution": "fixed", "mean_s": 0.01}})
+    args = ("-m", f"openai:fake-both@{url}/v1", "--judge", f"openai:judge-both@{url}/v1", "--limit", "6")
+    first = subprocess.run([str(BIN / "defeater"), "run", *args], env=run_env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    # the last progress line (a log's, not a terminal's) counts both phases; its spend is the summary's
+    progress = next(line for line in reversed(first.stdout.splitlines()) if line.startswith("requests "))
+    assert progress.startswith("requests 6/6, judgements 6/6;"), progress
+    spend = progress.rsplit("$", 1)[1]
+    assert f"spend ${spend}" in first.stdout
+    again = subprocess.run([str(BIN / "defeater"), "run", *args], env=run_env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    progress = next(line for line in reversed(again.stdout.splitlines()) if line.startswith("requests "))
+    assert "6 answers from cache" in progress, progress
