@@ -113,7 +113,7 @@ async def execute(
     _summary(outcome, final, output, shown)
     if output != "json":
         print_results(out, figures.model_copy(update={"state": shown}) if shown else figures)
-    return for_job(outcome.state, warnings(final))
+    return for_job(outcome.state, final.warnings)
 
 
 @app.command("retry")
@@ -324,10 +324,4 @@ def _summary(outcome: RunOutcome, status: JobRead, output: str, shown: str | Non
         if outcome.state in ("paused", "stopped"):
             resume = f"continue with: defeater run --resume {status.id}"
             out.print(resume + (" --budget N" if outcome.state == "paused" else ""))
-    print_job_problems(err, status.error, warnings(status))
-
-
-def warnings(status: JobRead) -> list[str]:
-    """The job's warnings (failed or unjudged units); read defensively: the field is new in the job's status."""
-    found: list[str] = getattr(status, "warnings", None) or []
-    return found
+    print_job_problems(err, status.error, status.warnings)

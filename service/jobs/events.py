@@ -2,7 +2,8 @@
 
 Each ``progress`` event carries the same status as ``GET /v1/jobs/{id}`` (progress, throughput, ETA, spend) plus
 a row per model config: calls in flight, finished, failed and answered 429. An event is sent when something
-changed, at most every ``interval`` seconds; a final ``end`` event names the state the job ended in. Status comes
+changed, at most every ``interval`` seconds; a final ``end`` event names the state the job ended in, with its
+``error`` (why it failed, or null) and ``warnings`` (as in the status). Status comes
 from the ledger, so any API replica can serve the stream whichever workers run the job, and a client that
 reconnects simply gets the current status.
 """
@@ -34,7 +35,12 @@ PING_S = 15
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "`progress` events, then one `end`"}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`progress` events, then one `end` (state, error, warnings)",
+        }
+    },
 )
 async def job_events(
     job_id: uuid.UUID,
@@ -65,7 +71,8 @@ async def _stream(
             yield {"event": "progress", "id": str(sequence), "data": data}
             sent = data
         if JobState(status["state"]).final:
-            yield {"event": "end", "data": json.dumps({"id": str(job_id), "state": status["state"]})}
+            end = {key: status[key] for key in ("id", "state", "error", "warnings")}
+            yield {"event": "end", "data": json.dumps(end)}
             return
         await asyncio.sleep(interval)
 

@@ -113,6 +113,8 @@ class UnitSummary(NamedTuple):
     errors_by_kind: dict[str, int]
     finished_since: int
     judge_usage: Usage
+    # errors_by_kind apart by phase: {"requests": {reason: n}, "judgements": {reason: n}}
+    failures: dict[str, dict[str, int]]
 
 
 async def unit_summary(session: AsyncSession, job_id: uuid.UUID, since: datetime | None) -> UnitSummary:
@@ -142,6 +144,7 @@ async def unit_summary(session: AsyncSession, job_id: uuid.UUID, since: datetime
         )
     counts = {"requests": UnitCounts(), "judgements": UnitCounts()}
     errors: dict[str, int] = {}
+    failures: dict[str, dict[str, int]] = {"requests": {}, "judgements": {}}
     finished = tokens_in = tokens_out = 0
     cost = 0.0
     for phase, state, reason, n, recently, used_in, used_out, used_cost in (
@@ -155,8 +158,9 @@ async def unit_summary(session: AsyncSession, job_id: uuid.UUID, since: datetime
         if state == UnitState.failed.value:
             key = reason or "unknown"
             errors[key] = errors.get(key, 0) + n
+            failures[phase][key] = failures[phase].get(key, 0) + n
     judge = Usage(input=tokens_in, output=tokens_out, cost_usd=float(cost))
-    return UnitSummary(counts["requests"], counts["judgements"], errors, finished, judge)
+    return UnitSummary(counts["requests"], counts["judgements"], errors, finished, judge, failures)
 
 
 async def answer_usage(session: AsyncSession, job_id: uuid.UUID) -> Usage:

@@ -220,7 +220,16 @@ class JobRead(JobSummary):
     cost_usd: float
     tokens: Tokens
     errors_by_kind: dict[str, int]
-    error: str | None
+    error: str | None = Field(
+        description="why the job failed, in one line: e.g. a config whose key is not set in the process that would "
+        'call it (`judge "default-judge" needs OPENAI_API_KEY, which is not set`), or no answer judged'
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="empty for a clean job; otherwise a short sentence per problem: units that failed (while the job "
+        "runs too: a failed unit is final), e.g. `3 of 168 requests failed (rate_limited: 2, bad_request: 1)`, and, "
+        "once the job has ended, answers that stayed unjudged and units never run (a cancelled job)",
+    )
 
 
 class RetryPhase(StrEnum):

@@ -309,7 +309,39 @@ def compose(job: Job, measured: Measured) -> JobRead:
         tokens=tokens,
         errors_by_kind=units.errors_by_kind,
         error=job.error,
+        warnings=warnings(units, len(links[ConfigRole.judge]), JobState(job.state).final),
     )
+
+
+def warnings(units: repository.UnitSummary, judges: int, final: bool) -> list[str]:
+    """What a job's figures leave out, a sentence each: failed requests, failed judgements (once the job has ended
+    with one judge: the answers they leave unjudged) and, in a job that ended early (cancelled), units never run.
+    Empty for a clean job."""
+    requests, judgements = units.requests, units.judgements
+    out: list[str] = []
+    if requests.failed:
+        out.append(f"{requests.failed} of {requests.total} requests failed ({_by_reason(units.failures['requests'])})")
+    if judgements.failed:
+        reasons = _by_reason(units.failures["judgements"])
+        if final and judges == 1:
+            out.append(f"{_count(judgements.failed, 'answer', 'answers')} stayed unjudged (judge failed: {reasons})")
+        else:
+            out.append(f"{judgements.failed} of {judgements.total} judgements failed ({reasons})")
+    if final and requests.pending + requests.leased:
+        out.append(f"{requests.pending + requests.leased} of {requests.total} requests were never run")
+    if final and judgements.pending + judgements.leased:
+        out.append(f"{_count(judgements.pending + judgements.leased, 'answer was', 'answers were')} never judged")
+    return out
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """``1 answer``, ``5 answers`` (with the verb that follows, if given in both)."""
+    return f"{n} {one if n == 1 else many}"
+
+
+def _by_reason(reasons: dict[str, int]) -> str:
+    """``rate_limited: 2, bad_request: 1``: the most frequent first."""
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
 
 async def cancel_job(session: AsyncSession, job: Job) -> Job:

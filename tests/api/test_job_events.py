@@ -26,6 +26,8 @@ async def test_a_finished_job_streams_its_status_then_the_end(
     assert target | {"name": None} == {"model_config_id": config["id"], "name": None, "provider": "openai",
                                        "role": "target", "in_flight": 0, "pending": 4, "succeeded": 0,
                                        "failed": 0, "rate_limited": 0}  # fmt: skip
-    assert events[1][1] == {"id": job["id"], "state": "cancelled"}
+    # the end says how the job ended, why (no error for a cancelled job) and what it leaves out
+    assert events[1][1] == {"id": job["id"], "state": "cancelled", "error": None,
+                            "warnings": ["4 of 4 requests were never run"]}  # fmt: skip
     problem(await client.get("/v1/jobs/00000000-0000-0000-0000-000000000000/events"), 404)
     problem(await client.get(f"/v1/jobs/{job['id']}/events", params={"interval": 0}), 422)

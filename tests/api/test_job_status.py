@@ -65,3 +65,15 @@ async def test_status_counts_every_unit_once(
     # final in the last minute: 3 answered + 2 failed requests, 2 judgements; not the failure of two hours ago
     assert status["calls_per_second"] == round(7 / 60, 3)
     assert status["eta_seconds"] is not None
+    # failed units are final while the job runs: they are warned of at once
+    assert status["warnings"] == ["3 of 10 requests failed (bad_request: 2, unknown: 1)",
+                                  "1 of 3 judgements failed (unscorable: 1)"]  # fmt: skip
+    await session.execute(update(Job).where(Job.id == job_id).values(state=JobState.cancelled))
+    await session.commit()
+    # once it has ended, a failed judgement is an answer left unjudged, and what never ran is said too
+    assert (await client.get(f"/v1/jobs/{job_id}")).json()["warnings"] == [
+        "3 of 10 requests failed (bad_request: 2, unknown: 1)",
+        "1 answer stayed unjudged (judge failed: unscorable: 1)",
+        "4 of 10 requests were never run",
+        "1 answer was never judged",
+    ]

@@ -38,6 +38,7 @@ async def test_a_job_writes_every_request_waiting_with_deterministic_ids(
     assert job["state"] == "queued" and job["request_count"] == n
     assert job["progress"]["requests"] == {"total": n, "pending": n, "leased": 0, "succeeded": 0, "failed": 0}
     assert job["progress"]["judgements"]["total"] == 0
+    assert job["error"] is None and job["warnings"] == []  # nothing has gone wrong
     assert len(job["judge_config_ids"]) == 1  # the service's default judge
     judge = await session.get(ModelConfig, uuid.UUID(job["judge_config_ids"][0]))
     assert judge is not None and judge.name == "default-judge"

@@ -21,6 +21,8 @@ from tests.conftest import migrated_database
 from tests.workers.processes import fake_process, run_env  # noqa: F401  (fixtures)
 from workers.providers.fake import FakeConfig, FakeProvider
 
+# the variable the configs' keys are in by default (set for the whole test session)
+KEY_ENV = "FAKE_PROVIDER_KEY"
 BASE_PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "google": ""}
 
 
@@ -75,12 +77,18 @@ class JobMaker:
         dataset_id: uuid.UUID | None = None,
         params: dict[str, Any] | None = None,
         judges: list[tuple[str, str]] | None = None,
+        key_env: str = KEY_ENV,
+        judge_key_env: str = KEY_ENV,
         **job: Any,
     ) -> uuid.UUID:
-        """A job over ``limit`` starter cases for (provider, model) configs pointed at the fake, judged there too."""
+        """A job over ``limit`` starter cases for (provider, model) configs pointed at the fake, judged there too; the
+        configs' keys in ``key_env`` and ``judge_key_env``."""
         async with self.sessionmaker() as session:
-            judge_ids = [await self._register(session, fake, p, m) for p, m in judges or [("openai", "judge-fake")]]
-            ids = [await self._register(session, fake, p, m, params, limits) for p, m in models]
+            judge_ids = [
+                await self._register(session, fake, p, m, key_env=judge_key_env)
+                for p, m in judges or [("openai", "judge-fake")]
+            ]
+            ids = [await self._register(session, fake, p, m, params, limits, key_env) for p, m in models]
             if dataset_id is None:
                 dataset_id = (await ensure_starter(session)).id
             body = JobCreate(
@@ -102,6 +110,7 @@ class JobMaker:
         model: str,
         params: dict[str, Any] | None = None,
         limits: dict[str, Any] | None = None,
+        key_env: str = KEY_ENV,
     ) -> uuid.UUID:
         body = ModelConfigCreate.model_validate(
             {
@@ -109,7 +118,7 @@ class JobMaker:
                 "provider": provider,
                 "model": model,
                 "base_url": fake.url + BASE_PATHS[provider],
-                "api_key_env": "FAKE_PROVIDER_KEY",
+                "api_key_env": key_env,
                 "params": params or {},
                 "limits": limits or {},
             }

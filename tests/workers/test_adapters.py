@@ -128,6 +128,15 @@ async def test_a_missing_key_and_a_foreign_host_are_permanent(adapters: Adapters
     assert info.value.reason == "host_not_allowed" and "api.anthropic.com" in info.value.message
 
 
+def test_whether_an_endpoint_can_be_called_is_known_before_any_call(adapters: Adapters) -> None:
+    unset = adapters.unusable(Endpoint("openai", "http://127.0.0.1:9/v1", "NOT_SET_ANYWHERE"))
+    assert unset is not None and unset.reason == "missing_key" and "NOT_SET_ANYWHERE" in unset.message
+    foreign = adapters.unusable(Endpoint("anthropic", None, "KEY"))
+    assert foreign is not None and foreign.reason == "host_not_allowed"
+    assert adapters.unusable(Endpoint("openai", "http://127.0.0.1:9/v1", "KEY")) is None
+    assert adapters.unusable(Endpoint("openai_compatible", "http://127.0.0.1:9/v1", None)) is None  # no key needed
+
+
 async def test_errors_survive_pickling() -> None:
     import pickle
 

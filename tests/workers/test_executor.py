@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.db.models import Job, JobState, Judgement, Request, Response, UnitState
+from service.db.models import Job, JobState, Judgement, ModelConfig, Request, Response, UnitState
+from service.jobs.schemas import JobRead
+from service.jobs.service import get_job, read_job
 from service.model_configs.schemas import ModelConfigPatch
 from service.model_configs.service import update_limits
 from service.settings import Settings
@@ -99,22 +101,77 @@ async def test_faults_at_ten_percent_each_still_finish_every_request(
         assert sum(judged.values()) == answers and set(judged) <= {UnitState.succeeded, UnitState.failed}
 
 
-async def test_a_permanent_error_fails_at_once_with_its_reason(
+async def job_status(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> JobRead:
+    """The job's status as ``GET /v1/jobs/{id}`` shows it."""
+    async with sessionmaker() as session:
+        return await read_job(session, await get_job(session, job_id))
+
+
+async def config_name(sessionmaker: async_sessionmaker[AsyncSession], config_id: uuid.UUID) -> str:
+    async with sessionmaker() as session:
+        config = await session.get(ModelConfig, config_id)
+        assert config is not None
+        return config.name
+
+
+@pytest.mark.parametrize("role", ["model", "judge"])
+async def test_a_missing_key_fails_the_job_before_any_call_is_paid(
     ledger: async_sessionmaker[AsyncSession],
     work_settings: Settings,
     fake: FakeProvider,
     make_job: Any,
     monkeypatch: Any,
+    role: str,
 ) -> None:
-    monkeypatch.delenv("FAKE_PROVIDER_KEY")
-    job_id = await make_job(fake, [("openai", "fake-gpt")], limit=3)
+    monkeypatch.delenv("NOT_SET_KEY", raising=False)
+    keys = {"key_env": "NOT_SET_KEY"} if role == "model" else {"judge_key_env": "NOT_SET_KEY"}
+    job_id = await make_job(fake, [("openai", "fake-gpt")], limit=3, **keys)
     outcome = await run(ledger, work_settings, job_id)
     assert outcome.state == "failed"
+    assert (await fake.ledger())["calls"] == 0  # not one target call paid for an answer nobody could judge
+    status = await job_status(ledger, job_id)
+    config_id = (status.model_config_ids if role == "model" else status.judge_config_ids)[0]
+    error = f'{role} "{await config_name(ledger, config_id)}" needs NOT_SET_KEY, which is not set'
+    assert status.state is JobState.failed and status.error == error and status.finished_at is not None
+    # the counts are final: every request failed, for that reason
+    assert status.progress.requests.failed == 3 and status.errors_by_kind == {"missing_key": 3}
+    assert status.warnings == ["3 of 3 requests failed (missing_key: 3)"]
     async with ledger() as session:
         rows = (await session.execute(select(Request).where(Request.job_id == job_id))).scalars().all()
-    assert {r.failure_reason for r in rows} == {"missing_key"}
-    assert all("FAKE_PROVIDER_KEY" in (r.failure_detail or "") for r in rows)
-    assert all(r.attempts == 1 for r in rows)
+    assert all(r.failure_detail == error and r.attempts == 0 for r in rows)
+    # a later run (the key set by then) finds the job ended and calls nothing
+    monkeypatch.setenv("NOT_SET_KEY", "now-set")
+    assert (await run(ledger, work_settings, job_id)).state == "failed"
+    assert (await fake.ledger())["calls"] == 0
+
+
+async def test_every_config_missing_its_key_is_named(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any
+) -> None:
+    job_id = await make_job(
+        fake, [("openai", "fake-a"), ("anthropic", "fake-b")], limit=2, key_env="NO_KEY_A", judge_key_env="NO_KEY_B"
+    )
+    assert (await run(ledger, work_settings, job_id)).state == "failed"
+    status = await job_status(ledger, job_id)
+    names = [await config_name(ledger, i) for i in [*status.model_config_ids, *status.judge_config_ids]]
+    assert status.error == "; ".join(
+        [f'model "{names[0]}" needs NO_KEY_A, which is not set', f'model "{names[1]}" needs NO_KEY_A, which is not set',
+         f'judge "{names[2]}" needs NO_KEY_B, which is not set']
+    )  # fmt: skip
+    assert (await fake.ledger())["calls"] == 0
+
+
+async def test_a_job_with_no_judged_answer_fails_saying_why(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, make_job: Any
+) -> None:
+    async with FakeProvider(FakeConfig(faults={"rate_content_filter": 1.0})) as fake:
+        job_id = await make_job(fake, [("openai", "fake-filtered")], limit=3)
+        outcome = await run(ledger, work_settings, job_id)
+    # every call answered, but no answer was there to judge: nothing to report a rate on
+    assert outcome.state == "failed"
+    status = await job_status(ledger, job_id)
+    assert status.progress.requests.succeeded == 3 and status.progress.judgements.total == 0
+    assert status.error == "no answer was judged: no response was an answer to judge"
 
 
 async def test_an_identical_call_is_reused_not_paid_again(

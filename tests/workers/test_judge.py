@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.db.models import Judgement, UnitState
+from service.db.models import Job, Judgement, UnitState
 from service.settings import Settings
 from tests.workers.test_executor import run
 from workers.judge.prompt import PROMPT_VERSION, CaseView, parse, render
@@ -59,7 +59,11 @@ async def test_invalid_judge_answers_end_unscorable_with_the_raw_text(
         job_id = await make_job(fake, [("anthropic", "fake-answers")], limit=4)
         outcome = await run(ledger, work_settings, job_id)
         book = await fake.ledger()
-    assert outcome.state == "completed" and outcome.stats.unscorable == 4
+    # not one answer judged: the job failed, saying why, rather than completing with no figure to report
+    assert outcome.state == "failed" and outcome.stats.unscorable == 4
+    async with ledger() as session:
+        job = await session.get(Job, job_id)
+    assert job is not None and job.error == "no answer was judged: 4 judgements failed (unscorable: 4)"
     # each re-ask is a new call (a new Idempotency-Key), not the first answer handed back again
     assert book["idempotent_replays"] == 0 and book["calls"] == 4 + 4 * work_settings.executor.judge_parse_attempts
     async with ledger() as session:

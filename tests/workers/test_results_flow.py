@@ -30,10 +30,16 @@ async def test_results_account_for_every_request(
             assert response.status_code == 200, response.text
             body = response.json()
             assert (await client.get(f"/v1/jobs/{job_id}/results/x")).status_code == 404
+            status = (await client.get(f"/v1/jobs/{job_id}")).json()
     overall = body["overall"]["all"]
     assert overall["requests"] == 120 and overall["open"] == 0
     assert overall["n"] + overall["unjudged"] + overall["content_filtered"] + overall["errored"] == 120
     assert overall["content_filtered"] > 0 and overall["unjudged"] > 0
+    # some answers judged: the job completed, and its status says which answers the figures leave out
+    assert status["state"] == "completed" and status["error"] is None
+    unjudged = overall["unjudged"]
+    answers = "answer" if unjudged == 1 else "answers"
+    assert status["warnings"] == [f"{unjudged} {answers} stayed unjudged (judge failed: unscorable: {unjudged})"]
     shares = sum(r["value"] for r in overall["categories"].values())
     assert abs(shares - 1) < 1e-9
     assert (

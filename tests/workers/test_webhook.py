@@ -73,3 +73,19 @@ async def test_a_finished_job_posts_one_signed_notice(
     # a run that finds the job already finished sends nothing more
     await run(ledger, settings, job_id)
     assert len(receiver.requests) == 1
+
+
+async def test_a_job_that_cannot_start_posts_its_failure(
+    ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any,
+    receiver: Receiver,
+) -> None:  # fmt: skip
+    settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET)})
+    make_job.settings = settings
+    job_id = await make_job(
+        fake, [("openai", "fake-gpt")], limit=3, judge_key_env="NO_JUDGE_KEY", webhook_url=receiver.url
+    )
+    assert (await run(ledger, settings, job_id)).state == "failed"
+    assert len(receiver.requests) == 1
+    job = json.loads(receiver.requests[0][1])["job"]
+    assert job["state"] == "failed" and "needs NO_JUDGE_KEY, which is not set" in job["error"]
+    assert job["errors_by_kind"] == {"missing_key": 3}

@@ -23,11 +23,12 @@ from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.base import utcnow
-from service.db.models import ConfigRole, Job, JobState, Judgement, Request, Response, UnitState
+from service.db.models import ConfigRole, Job, JobState, Judgement, ModelConfig, Request, Response, UnitState
 from service.db.session import is_disconnect
 from service.jobs.webhook import notify_finished
 from workers.executor import ledger
 from workers.executor.writer import ResultWriter, UnitUpdate
+from workers.providers.errors import MISSING_KEY
 from workers.tasks import Runtime, Stats, Target, reused_row, run_judgement, run_request
 
 # while calls are in flight the loop looks again when one ends, when a lane may lease again, or for the job's check;
@@ -175,7 +176,8 @@ class EmbeddedExecutor:
         return RunOutcome(job_id, await self._finish(run, ending), run.stats)
 
     async def _prepare(self, job_id: uuid.UUID) -> _Run | RunOutcome:
-        """Reclaim dead leases, load the job's configs, and mark it running (unless it has ended)."""
+        """Reclaim dead leases, load the job's configs, check that this process can call them, and mark the job
+        running (unless it has ended, or ends here because a config cannot be called)."""
         async with self.sessionmaker() as session:
             await ledger.reclaim_leases(session, job_id)
             configs = await ledger.job_configs(session, job_id, ConfigRole.target)
@@ -184,6 +186,9 @@ class EmbeddedExecutor:
             state, budget, _ = await ledger.job_state(session, job_id)
             use_cache = await ledger.job_uses_cache(session, job_id)
             if state.final:
+                return RunOutcome(job_id, state.value, Stats())
+            if await self._cannot_call(session, job_id, configs, judges):
+                state, _, _ = await ledger.job_state(session, job_id)
                 return RunOutcome(job_id, state.value, Stats())
             # started_at keeps the first start: a resumed job's throughput and ETA count from there
             await ledger.set_job(
@@ -197,6 +202,36 @@ class EmbeddedExecutor:
         default = self.runtime.settings.providers.default_max_concurrency
         lanes = [_Lane(Target.of(c, default)) for c in configs] + [_Lane(Target.of(j, default), True) for j in judges]
         return _Run(job_id, lanes, budget, spent, use_cache)
+
+    async def _cannot_call(
+        self, session: AsyncSession, job_id: uuid.UUID, configs: list[ModelConfig], judges: list[ModelConfig]
+    ) -> bool:
+        """Keys before money: when a config the job would still call cannot be called from this process (its key is
+        not in the environment, its host is not allowed), the job fails now, before any call is paid, naming each
+        such config and its variable. True when the job cannot run here."""
+        needed = await ledger.configs_to_call(session, job_id)
+        problems = [
+            problem
+            for role, group in (("model", configs), ("judge", judges))
+            for config in group
+            if config.id in needed and (problem := self._problem(role, config)) is not None
+        ]
+        if not problems:
+            return False
+        error = "; ".join(line for _, line in problems)
+        log.error("job %s cannot run here: %s", job_id, error)
+        if await ledger.fail_job(session, job_id, problems[0][0], error):
+            await notify_finished(session, self.runtime.settings, job_id)
+        return True
+
+    def _problem(self, role: str, config: ModelConfig) -> tuple[str, str] | None:
+        """(reason, one line naming the config) when this process cannot call the config, else None."""
+        problem = self.runtime.adapters.unusable(Target.of(config, 1).endpoint)
+        if problem is None:
+            return None
+        if problem.reason == MISSING_KEY:
+            return problem.reason, f'{role} "{config.name}" needs {config.api_key_env}, which is not set'
+        return problem.reason, f'{role} "{config.name}": {problem.message}'
 
     async def _judge_missing(self, session: AsyncSession, job_id: uuid.UUID, judges: list[uuid.UUID]) -> None:
         """Give every stored answer its judgements (answers stored by an earlier run or an older version)."""

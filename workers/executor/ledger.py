@@ -295,12 +295,13 @@ async def set_job(session: AsyncSession, job_id: uuid.UUID, **values: Any) -> No
     await session.commit()
 
 
-async def finish_job(session: AsyncSession, job_id: uuid.UUID, state: JobState) -> bool:
-    """Mark a running job ended; True for the one caller that did it (several workers may try at once). Commits."""
+async def finish_job(session: AsyncSession, job_id: uuid.UUID, state: JobState, error: str | None = None) -> bool:
+    """Mark a running job ended (with why, if it failed); True for the one caller that did it (several workers may try
+    at once). Commits."""
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.running)
-        .values(state=state, finished_at=utcnow())
+        .values(state=state, finished_at=utcnow(), error=error)
         .execution_options(synchronize_session=False)
     )
     won = int(getattr(await session.execute(stmt), "rowcount", 0) or 0) == 1
@@ -309,10 +310,89 @@ async def finish_job(session: AsyncSession, job_id: uuid.UUID, state: JobState) 
 
 
 async def end_job(session: AsyncSession, job_id: uuid.UUID) -> tuple[JobState, bool]:
-    """End a job whose every unit is final: completed, or failed if nothing succeeded. Returns that state and whether
-    this caller ended it (several workers may try at once; the one that did sends the webhook). Commits."""
-    state = JobState.completed if await any_succeeded(session, job_id) else JobState.failed
-    return state, await finish_job(session, job_id, state)
+    """End a job whose every unit is final: completed if at least one answer was judged, else failed with a line
+    saying why. Returns that state and whether this caller ended it (several workers may try at once; the one that
+    did sends the webhook). Commits."""
+    if await any_judged(session, job_id):
+        return JobState.completed, await finish_job(session, job_id, JobState.completed)
+    error = nothing_judged(await failures(session, job_id))
+    return JobState.failed, await finish_job(session, job_id, JobState.failed, error)
+
+
+async def fail_job(session: AsyncSession, job_id: uuid.UUID, reason: str, error: str) -> bool:
+    """End a job that has not ended as failed before it calls anything (a key is missing, say): its ``error`` set and
+    every open unit failed with ``reason``, so that its counts are final. True for the one caller that did it.
+    Commits."""
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_((JobState.queued, JobState.running)))
+        .values(state=JobState.failed, finished_at=now, error=error, paused_reason=None)
+        .execution_options(synchronize_session=False)
+    )
+    if int(getattr(await session.execute(stmt), "rowcount", 0) or 0) != 1:
+        await session.rollback()
+        return False
+    for model in (Request, Judgement):
+        await session.execute(
+            update(model)
+            .where(model.job_id == job_id, model.state.not_in(FINAL))
+            .values(
+                state=UnitState.failed,
+                failure_reason=reason,
+                failure_detail=error,
+                leased_by=None,
+                lease_expires_at=None,
+                not_before=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    await session.commit()
+    return True
+
+
+async def configs_to_call(session: AsyncSession, job_id: uuid.UUID) -> set[uuid.UUID]:
+    """The configs the job would still call: targets with open requests, and every judge while any unit is open (an
+    open request may yet give an answer to judge)."""
+    targets = select(Request.model_config_id).where(Request.job_id == job_id, Request.state.not_in(FINAL)).distinct()
+    found = set((await session.execute(targets)).scalars())
+    if found or await open_units(session, job_id):
+        judges = select(JobModelConfig.model_config_id).where(
+            JobModelConfig.job_id == job_id, JobModelConfig.role == ConfigRole.judge
+        )
+        found |= set((await session.execute(judges)).scalars())
+    return found
+
+
+async def failures(session: AsyncSession, job_id: uuid.UUID) -> dict[str, dict[str, int]]:
+    """The job's failed units by kind (``requests``, ``judgements``) and reason."""
+    out: dict[str, dict[str, int]] = {"requests": {}, "judgements": {}}
+    for kind, model in (("requests", Request), ("judgements", Judgement)):
+        query = (
+            select(model.failure_reason, func.count())
+            .where(model.job_id == job_id, model.state == UnitState.failed)
+            .group_by(model.failure_reason)
+        )
+        for reason, n in (await session.execute(query)).all():
+            out[kind][reason or "unknown"] = n
+    return out
+
+
+def nothing_judged(failed: dict[str, dict[str, int]]) -> str:
+    """The error line of a job that ended without a judged answer, e.g. ``no answer was judged: 168 judgements
+    failed (missing_key: 168)``."""
+    parts = [
+        f"{n} {kind if n > 1 else kind[:-1]} failed ({by_reason(reasons)})"
+        for kind, reasons in failed.items()
+        if (n := sum(reasons.values()))
+    ]
+    return "no answer was judged: " + ("; ".join(parts) if parts else "no response was an answer to judge")
+
+
+def by_reason(reasons: dict[str, int]) -> str:
+    """``rate_limited: 2, bad_request: 1``: the most frequent first."""
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
 
 async def job_state(session: AsyncSession, job_id: uuid.UUID) -> tuple[JobState, float | None, str | None]:
@@ -324,6 +404,7 @@ async def job_uses_cache(session: AsyncSession, job_id: uuid.UUID) -> bool:
     return bool((await session.execute(select(Job.use_cache).where(Job.id == job_id))).scalar_one())
 
 
-async def any_succeeded(session: AsyncSession, job_id: uuid.UUID) -> bool:
-    query = select(Request.id).where(Request.job_id == job_id, Request.state == UnitState.succeeded).limit(1)
+async def any_judged(session: AsyncSession, job_id: uuid.UUID) -> bool:
+    """At least one of the job's answers has a verdict."""
+    query = select(Judgement.id).where(Judgement.job_id == job_id, Judgement.state == UnitState.succeeded).limit(1)
     return (await session.execute(query)).first() is not None

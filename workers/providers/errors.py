@@ -24,6 +24,7 @@ AUTH = "auth_error"
 PERMISSION = "permission_denied"
 NOT_FOUND = "not_found"
 MISSING_KEY = "missing_key"
+HOST_NOT_ALLOWED = "host_not_allowed"
 PROVIDER_ERROR = "provider_error"
 
 _TRANSIENT = {SERVER_ERROR, OVERLOADED, TIMEOUT, CONNECTION, MALFORMED}

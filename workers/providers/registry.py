@@ -57,11 +57,23 @@ class Adapters:
             adapter = self._adapters[endpoint] = self._build(endpoint)
         return adapter
 
-    def _build(self, endpoint: Endpoint) -> Adapter:
+    def unusable(self, endpoint: Endpoint) -> ProviderError | None:
+        """Why this process cannot call the endpoint at all (its host is not allowed here, or its key is not in the
+        environment), or None: known before any call, so that a job can fail before it pays for one."""
         url = endpoint.base_url or DEFAULT_BASE_URLS.get(endpoint.provider, "")
         host = urlparse(url).hostname or ""
         if self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
-            raise ProviderError("host_not_allowed", f"calls to {host!r} are not allowed here")
+            return ProviderError(e.HOST_NOT_ALLOWED, f"calls to {host!r} are not allowed here")
+        if endpoint.api_key_env is not None and not self.environ.get(endpoint.api_key_env):
+            return ProviderError(
+                e.MISSING_KEY, f"the environment variable {endpoint.api_key_env} holding the API key is not set"
+            )
+        return None
+
+    def _build(self, endpoint: Endpoint) -> Adapter:
+        problem = self.unusable(endpoint)
+        if problem is not None:
+            raise problem
         if self._ssl_context is None:
             self._ssl_context = httpx2.create_ssl_context()
         options = AdapterOptions(
@@ -75,15 +87,11 @@ class Adapters:
         return PooledAdapter(endpoint.provider, build, options, self.settings.connections_per_client)
 
     def _key(self, endpoint: Endpoint) -> str:
+        """The endpoint's key (``unusable`` has checked that it is set)."""
         if endpoint.api_key_env is None:
             # an OpenAI-compatible server without auth (e.g. vLLM); the SDK still wants a non-empty key
             return "unused"
-        key = self.environ.get(endpoint.api_key_env)
-        if not key:
-            raise ProviderError(
-                e.MISSING_KEY, f"the environment variable {endpoint.api_key_env} holding the API key is not set"
-            )
-        return key
+        return self.environ[endpoint.api_key_env]
 
     async def aclose(self) -> None:
         for adapter in self._adapters.values():
