@@ -348,15 +348,17 @@ def test_a_gigabyte_without_a_token_is_refused_with_the_api_growing_less_than_50
         assert stream(port, pid, request_head("/v1/model-configs", port, json_body, "Authorization: Bearer x"),
                       chunked(4 * MIB)).status == 413  # fmt: skip
         before = settled_rss_mb(pid)
-        no_token = stream(port, pid, request_head("/v1/model-configs", port, json_body), chunked(1024 * MIB))
+        no_token = stream(
+            port, pid, request_head("/v1/model-configs", port, json_body), chunked(1024 * MIB), max_growth_mb=50
+        )
         # a token that is not valid still gets past the early check: the limit stops that body
         bad_token = stream(
             port, pid, request_head("/v1/model-configs", port, json_body, "Authorization: Bearer dft_not-a-token"),
-            chunked(1024 * MIB),
+            chunked(1024 * MIB), max_growth_mb=50,
         )  # fmt: skip
         upload = stream(
             port, pid, request_head("/v1/datasets", port, "Content-Type: text/csv", "Authorization: Bearer dft_x"),
-            chunked(1024 * MIB),
+            chunked(1024 * MIB), max_growth_mb=50,
         )  # fmt: skip
         growth = rss_mb(pid) - before
     assert no_token.status == 401 and no_token.sent < 16 * MIB, no_token
@@ -379,7 +381,7 @@ def test_a_chunked_multipart_upload_over_the_limit_is_refused_without_spooling_i
     with served(env) as (port, pid):
         before = settled_rss_mb(pid)
         head = request_head("/v1/datasets", port, "Content-Type: multipart/form-data; boundary=b")
-        answer = stream(port, pid, head, body())
+        answer = stream(port, pid, head, body(), max_growth_mb=50)
         growth = rss_mb(pid) - before
     # the server cannot have spooled more than it was sent: the limit, the framing allowance and socket buffers
     assert answer.status == 413 and answer.sent < 48 * MIB, answer
