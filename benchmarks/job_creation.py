@@ -38,7 +38,7 @@ async def _measure(url: str, repeat: int) -> list[float]:
     timings: list[float] = []
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=120) as client:
             files = {"file": ("cases.jsonl", STUDY.read_bytes(), "application/x-ndjson")}
             dataset = (await client.post("/v1/datasets", data={"name": "study"}, files=files)).json()
             configs = []

@@ -22,6 +22,7 @@ from service.gates.router import router as gates_router
 from service.jobs.events import router as job_events_router
 from service.jobs.router import router as jobs_router
 from service.jobs.status_cache import StatusCache
+from service.middleware import BodyLimit, HostGuard
 from service.model_configs.router import router as model_configs_router
 from service.results.cache import ResultsCache
 from service.results.router import router as results_router
@@ -37,7 +38,17 @@ _PROBLEM: dict[str, Any] = {
 }
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no valid API token (none, unknown or revoked)", "content": _PROBLEM},
-    403: {"description": "the token lacks the scope this request needs", "content": _PROBLEM},
+    403: {
+        "description": "the token lacks the scope this request needs; with tokens off, a write from another site",
+        "content": _PROBLEM,
+    },
+    # answered by service/middleware.py, before the endpoint runs
+    413: {"description": "the body is over this endpoint's limit (refused while it is read)", "content": _PROBLEM},
+    421: {
+        "description": "the Host is not one this API answers to (tokens off: loopback names only; see "
+        "DEFEATER_API__ALLOWED_HOSTS)",
+        "content": _PROBLEM,
+    },
 }
 
 
@@ -115,6 +126,9 @@ def create_app(
     )
     app.state.settings = settings
     api_errors.install(app)
+    # before routing, body parsing and the token check; the last added runs first: the Host, then the body
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(HostGuard, settings=settings)
     app.include_router(health.router)  # the only open router: probes carry no token
     # Every other router goes behind the token check (service/auth/guard.py), its scope following from the method;
     # include new ones with `dependencies=member` (tests/auth checks every operation but health's answers 401 bare).

@@ -111,6 +111,23 @@ class Forbidden(DefeaterError):
 
 
 @dataclass
+class CrossSiteRequest(Forbidden):
+    """A write sent by a web page of another site while tokens are off: a browser would act for whoever opened it."""
+
+    type: str = "cross-site-request"
+    title: str = "Cross-site request refused"
+
+
+@dataclass
+class MisdirectedRequest(DefeaterError):
+    """A request naming a Host this API does not answer to (a DNS-rebound name, when tokens are off)."""
+
+    status: int = 421
+    type: str = "misdirected-request"
+    title: str = "Misdirected request"
+
+
+@dataclass
 class PayloadTooLarge(DefeaterError):
     """An upload over the configured limit."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -110,6 +111,40 @@ class AuthSettings(BaseModel):
     allow_open_non_loopback: bool = False
 
 
+# a Host (or an allowed_hosts entry): a name, an IPv4 address or a bracketed IPv6 one, and an optional port
+HOST_PATTERN = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?")
+MIB = 1024 * 1024
+
+
+class ApiSettings(BaseModel):
+    """What the API checks before any endpoint runs (``service/middleware.py``; docs/security.md).
+
+    ``allowed_hosts``: Host names (``name`` or ``name:port``) the API answers to besides the loopback names on the
+    port it serves. Unset: with tokens off, loopback names only (what stops DNS rebinding); with tokens on, any.
+    Set, with tokens on too: only these and loopback (health probes, which send a pod's address, are exempt).
+    The ``max_*_bytes`` limits hold while a body is read; dataset uploads have ``imports.max_bytes``.
+    """
+
+    allowed_hosts: list[str] | None = None
+    # every JSON body but a job's: a config's longest field (a 100,000-character system prompt) fits
+    max_json_bytes: int = Field(default=MIB, ge=1024)
+    # POST /v1/jobs: the schema's 100,000 case ids of up to 200 characters fit
+    max_job_bytes: int = Field(default=24 * MIB, ge=1024)
+    # POST /v1/jobs/{id}/human-labels (JSONL; the study's 177 labels are 34 kB)
+    max_human_labels_bytes: int = Field(default=16 * MIB, ge=1024)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        hosts = [host.strip().lower() for host in value]
+        for host in hosts:
+            if HOST_PATTERN.fullmatch(host) is None:
+                raise ValueError(f"{host!r} is not a host name or address with an optional :port (no scheme, no path)")
+        return hosts
+
+
 class Settings(BaseSettings):
     """All of the service's settings. Nested groups read ``DEFEATER_<GROUP>__<FIELD>``."""
 
@@ -128,6 +163,7 @@ class Settings(BaseSettings):
     providers: ProviderSettings = ProviderSettings()
     executor: ExecutorSettings = ExecutorSettings()
     auth: AuthSettings = AuthSettings()
+    api: ApiSettings = ApiSettings()
 
     # signs jobs' completion webhooks (HMAC-SHA256); from the environment or a secret store only
     webhook_secret: SecretStr | None = None

@@ -134,11 +134,12 @@ def settings(database_url: str) -> Settings:
 async def client(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API in-process (lifespan included), on the test's rolled-back connection."""
+    """The API in-process (lifespan included), on the test's rolled-back connection. Tokens are off, so it answers
+    to loopback names only (service/middleware.py): the base URL is one."""
     app = create_app(settings, sessionmaker=sessionmaker)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://defeater.test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             yield http
 
 

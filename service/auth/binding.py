@@ -4,6 +4,8 @@ Tokens may be off only where nobody else can connect: an embedded API (no Redis:
 loopback address leaves them off unless ``DEFEATER_AUTH__REQUIRED=true``; everything else requires them unless
 ``DEFEATER_AUTH__REQUIRED=false``. Turning them off on a non-loopback address (``0.0.0.0``, a LAN address, a host
 name) is refused unless ``DEFEATER_AUTH__ALLOW_OPEN_NON_LOOPBACK=true`` says something in front authenticates.
+With tokens off, ``service/middleware.py`` keeps web pages out: only loopback Host names (and
+``DEFEATER_API__ALLOWED_HOSTS``) are answered, and cross-site writes are refused.
 """
 
 from __future__ import annotations

@@ -154,9 +154,8 @@ async def _from_json(request: Request, limits: ImportLimits) -> tuple[_Meta, Val
 
 
 async def _from_multipart(request: Request, limits: ImportLimits) -> tuple[_Meta, ValidatedCases]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_bytes + 1_000_000:
-        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limits.max_bytes} bytes")
+    # the whole upload was capped while it was read (service/middleware.py: the limit plus multipart's framing),
+    # so the parser never spools more than that; the file itself gets the exact limit here
     async with request.form(max_files=1, max_fields=10) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

@@ -90,7 +90,8 @@ _JSONL_BODY = {"application/x-ndjson": {"schema": {"type": "string", "format": "
 @router.post("/{job_id}/human-labels", status_code=201, openapi_extra={"requestBody": {"content": _JSONL_BODY}})
 async def import_human_labels(job_id: uuid.UUID, request: Request, session: SessionDep) -> dict[str, int]:
     """Reviewers' labels for the job's answers (JSONL in the study's human-label format: case_id, model_slug (a
-    config's name or model), reviewer, response_type, engages_with_defeat, independent_harm). All or nothing."""
+    config's name or model), reviewer, response_type, engages_with_defeat, independent_harm). All or nothing. The
+    body is capped while it is read (``DEFEATER_API__MAX_HUMAN_LABELS_BYTES``, 16 MiB by default; 413 beyond)."""
     await get_job(session, job_id)
     rows = agreement.parse_lines(await request.body())
     imported = await agreement.import_labels(session, job_id, rows)

@@ -116,7 +116,7 @@ async def test_an_upload_over_the_limit_is_refused(
     small = settings.model_copy(update={"imports": ImportLimits(max_bytes=10_000)})
     app = create_app(small, sessionmaker=sessionmaker)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
             files = {"file": ("cases.jsonl", study_cases_bytes, "application/x-ndjson")}
             error = problem(await c.post("/v1/datasets", data={"name": "big"}, files=files), 413)
             assert "limit is 10000 bytes" in error["detail"]

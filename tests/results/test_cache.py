@@ -34,7 +34,7 @@ async def api(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 @pytest.fixture
 async def http(api: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=api)
-    async with httpx.AsyncClient(transport=transport, base_url="http://defeater.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 

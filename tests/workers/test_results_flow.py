@@ -25,7 +25,7 @@ async def test_results_account_for_every_request(
         await run(ledger, work_settings, job_id)
     app = create_app(work_settings, sessionmaker=ledger)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
             response = await client.get(f"/v1/jobs/{job_id}/results")
             assert response.status_code == 200, response.text
             body = response.json()
@@ -70,7 +70,7 @@ async def test_responses_page_filter_and_export(
     await run(ledger, work_settings, job_id)
     app = create_app(work_settings, sessionmaker=ledger)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
             seen: list[dict[str, Any]] = []
             cursor = None
             while True:
@@ -107,7 +107,7 @@ async def test_human_labels_and_several_judges_agree_or_not(
     await run(ledger, work_settings, job_id)
     app = create_app(work_settings, sessionmaker=ledger)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
             answers = (await client.get(f"/v1/jobs/{job_id}/responses")).json()["items"]
             lines = [
                 {"case_id": a["case_id"], "model_slug": "fake-labelled", "reviewer": reviewer,
