@@ -323,5 +323,5 @@ def _summary(outcome: RunOutcome, status: JobRead, output: str, shown: str | Non
             out.print(f"  failed: {reason}: {n}")
         if outcome.state in ("paused", "stopped"):
             resume = f"continue with: defeater run --resume {status.id}"
-            out.print(resume + (" --budget N" if outcome.state == "paused" else ""))
+            out.print(resume + (" --budget-usd N" if outcome.state == "paused" else ""))
     print_job_problems(err, status.error, status.warnings)

@@ -52,7 +52,7 @@ async def test_a_retried_job_runs_what_failed_to_completion_and_calls_nothing_th
         job_id = await make_job(fake, [("openai", "fake-a"), ("anthropic", "fake-b")], limit=20)
         app = create_app(settings, sessionmaker=ledger, run_jobs=True)
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
                 first = await _ended(client, job_id)
                 failed = {phase: first["progress"][phase]["failed"] for phase in ("requests", "judgements")}
                 assert first["state"] == "completed" and failed["requests"] > 0 and failed["judgements"] > 0
