@@ -111,8 +111,10 @@ async def execute(
         await runtime.adapters.aclose()
     shown = _shown_state(outcome, final)
     _summary(outcome, final, output, shown)
-    if output != "json":
+    if output != "json" and final.progress.judgements.succeeded:
         print_results(out, figures.model_copy(update={"state": shown}) if shown else figures)
+    # last, where a terminal or a CI log shows it: why the job failed, and what it lacks
+    print_job_problems(err, final.error, final.warnings)
     return for_job(outcome.state, final.warnings)
 
 
@@ -310,7 +312,7 @@ def _shown_state(outcome: RunOutcome, status: JobRead) -> str | None:
 
 
 def _summary(outcome: RunOutcome, status: JobRead, output: str, shown: str | None) -> None:
-    """The job as the run leaves it (``shown`` in place of the ledger's state); its error and warnings (stderr)."""
+    """The job as the run leaves it (``shown`` in place of the ledger's state)."""
     if output == "json":
         out.print_json(status.model_dump_json())
     else:
@@ -324,4 +326,3 @@ def _summary(outcome: RunOutcome, status: JobRead, output: str, shown: str | Non
         if outcome.state in ("paused", "stopped"):
             resume = f"continue with: defeater run --resume {status.id}"
             out.print(resume + (" --budget-usd N" if outcome.state == "paused" else ""))
-    print_job_problems(err, status.error, status.warnings)

@@ -8,6 +8,7 @@ import subprocess
 import time
 from typing import Any
 
+from service.exit_codes import ExitCode
 from tests.workers.processes import BIN, kill, ledger, start_run
 
 
@@ -75,3 +76,20 @@ def test_a_run_shows_both_phases_the_ledgers_spend_and_answers_from_the_cache(
     assert again.returncode == 0, again.stderr
     progress = next(line for line in reversed(again.stdout.splitlines()) if line.startswith("requests "))
     assert "6 answers from cache" in progress, progress
+
+
+def test_a_run_whose_judge_has_no_key_fails_at_once_and_says_so_last(
+    fake_process: Any, run_env: dict[str, str]
+) -> None:
+    url = fake_process({})
+    env = {k: v for k, v in run_env.items() if k != "OPENAI_API_KEY"}  # the default judge's variable
+    env["DEFEATER_DEFAULT_JUDGE__BASE_URL"] = f"{url}/v1"  # on loopback: only its key is missing
+    args = ("-m", f"anthropic:fake-claude@{url}", "--limit", "4")
+    ran = subprocess.run([str(BIN / "defeater"), "run", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == ExitCode.FAILED, ran.stderr
+    assert ran.stderr.splitlines() == [
+        'error: judge "default-judge" needs OPENAI_API_KEY, which is not set',
+        "warning: 4 of 4 requests failed (missing_key: 4)",
+    ]
+    assert "% of judged answers" not in ran.stdout  # no table of figures that nothing was judged for
+    assert ledger(url)["calls"] == 0

@@ -219,7 +219,7 @@ class EmbeddedExecutor:
         if not problems:
             return False
         error = "; ".join(line for _, line in problems)
-        log.error("job %s cannot run here: %s", job_id, error)
+        log.info("job %s cannot run here: %s", job_id, error)  # the job's error says it to every client
         if await ledger.fail_job(session, job_id, problems[0][0], error):
             await notify_finished(session, self.runtime.settings, job_id)
         return True
