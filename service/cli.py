@@ -606,6 +606,19 @@ async def tokens_revoke(
 # ---- service ----------------------------------------------------------------------------------------------
 
 
+def _write_or_check(path: Path, text: str, command: str, check: bool) -> None:
+    """Write a generated file, or with ``check`` exit FAILED when the file differs from what would be written."""
+    if check:
+        if (path.read_text() if path.exists() else "") != text:
+            err.print(f"{path} is stale: run `defeater {command}`")
+            raise typer.Exit(ExitCode.FAILED)
+        out.print(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    out.print(f"wrote {path}")
+
+
 @app.command("openapi")
 def openapi_command(
     path: Annotated[Path, typer.Option("--out", help="where to write the spec")] = Path("openapi/openapi.json"),
@@ -614,17 +627,7 @@ def openapi_command(
     """Write the API's OpenAPI spec (the file CI compares with the app)."""
     from service.openapi_spec import render
 
-    spec = render()
-    if check:
-        current = path.read_text() if path.exists() else ""
-        if current != spec:
-            err.print(f"{path} is stale: run `defeater openapi`")
-            raise typer.Exit(ExitCode.FAILED)
-        out.print(f"{path} is up to date")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(spec)
-    out.print(f"wrote {path}")
+    _write_or_check(path, render(), "openapi", check)
 
 
 @app.command("schema")
@@ -635,16 +638,7 @@ def schema_command(
     """Write the JSON Schema of `defeater submit`'s file (docs/submission.md describes it)."""
     from service.client_file import submission_schema
 
-    schema = submission_schema()
-    if check:
-        if (path.read_text() if path.exists() else "") != schema:
-            err.print(f"{path} is stale: run `defeater schema`")
-            raise typer.Exit(ExitCode.FAILED)
-        out.print(f"{path} is up to date")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(schema)
-    out.print(f"wrote {path}")
+    _write_or_check(path, submission_schema(), "schema", check)
 
 
 @app.command("fake-provider")
