@@ -74,7 +74,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = None
         if sessionmaker is None:
-            engine = create_engine(settings)
+            engine = create_engine(settings, request_timeouts=True)
             if settings.should_auto_migrate:
                 await upgrade(engine)
             app.state.sessionmaker = create_sessionmaker(engine)

@@ -23,6 +23,7 @@ from service.db.models import (
     Response,
     UnitState,
 )
+from service.db.session import without_statement_timeout
 from service.jobs.schemas import JobFilters, RetryPhase, UnitCounts
 
 REQUEST_INSERT_BATCH = 5_000
@@ -65,6 +66,9 @@ async def insert_requests(session: AsyncSession, rows: list[tuple[Any, ...]]) ->
     if not rows:
         return
     if connection.dialect.name == "postgresql":
+        # a job's rows (up to jobs.max_requests) take as long as they take: the API's statement timeout is for
+        # statements whose length a client does not choose
+        await without_statement_timeout(session)
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None
         await driver.copy_records_to_table(Request.__tablename__, records=rows, columns=REQUEST_COLUMNS)
