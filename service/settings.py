@@ -152,8 +152,6 @@ class ApiSettings(BaseModel):
     max_job_bytes: int = Field(default=24 * MIB, ge=1024)
     # POST /v1/jobs/{id}/human-labels (JSONL; the study's 177 labels are 34 kB)
     max_human_labels_bytes: int = Field(default=16 * MIB, ge=1024)
-    # objects and arrays inside one another in a JSON body (or a line or case of an upload): deeper is a 422
-    max_json_depth: int = Field(default=64, ge=4, le=500)
 
     @field_validator("allowed_hosts")
     @classmethod
