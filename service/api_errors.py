@@ -10,13 +10,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.db.session import is_disconnect
-from service.errors import DefeaterError, ValidationFailed, field_errors
+from service.db.session import Trouble, trouble
+from service.errors import DefeaterError, FieldError, Unavailable, ValidationFailed, field_errors
+from service.settings import DatabaseTimeouts
 
 log = logging.getLogger("defeater.api")
 PROBLEM_JSON = "application/problem+json"
-# what a 503 (the database away) asks the client to wait before trying again
-RETRY_AFTER_S = 2
+# what a 503 (the database away or slow) asks the client to wait before trying again, unless the settings say
+RETRY_AFTER_S = DatabaseTimeouts().retry_after_s
+_TROUBLE_DETAIL = {
+    Trouble.unreachable: "the database cannot be reached just now; try again shortly",
+    Trouble.slow: "the database is too busy to answer in time just now; try again shortly",
+}
 
 
 def problem_response(error: DefeaterError, request: Request) -> JSONResponse:
@@ -46,6 +51,8 @@ def _body_model(request: Request) -> type[BaseModel] | None:
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, RecursionError):  # FastAPI's parse of a JSON body nested beyond Python's stack
+        return problem_response(too_deep("body"), request)
     titles = {404: "Not found", 405: "Method not allowed"}
     error = DefeaterError(
         detail=str(exc.detail),
@@ -59,18 +66,20 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+def too_deep(field: str) -> ValidationFailed:
+    """The 422 for JSON nested too deeply to read at all (Python's parser ran out of stack)."""
+    error = FieldError(field, "nested too deeply (objects and arrays inside one another)")
+    return ValidationFailed(f"{field}: {error.message}", [error])
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if is_disconnect(exc):  # the database is restarting or failing over: a client should simply ask again
-        log.warning("database unreachable on %s %s (%s)", request.method, request.url.path, type(exc).__name__)
-        unavailable = DefeaterError(
-            detail="the database cannot be reached just now; try again shortly",
-            status=503,
-            type="unavailable",
-            title="Service unavailable",
-        )
-        response = problem_response(unavailable, request)
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return response
+    kind = trouble(exc)
+    if kind is not None:  # the database is restarting, failing over or too slow: a client should simply ask again
+        log.warning("database %s on %s %s (%s)", kind.value, request.method, request.url.path, type(exc).__name__)
+        settings = getattr(request.app.state, "settings", None)
+        retry_after = settings.database_timeouts.retry_after_s if settings is not None else RETRY_AFTER_S
+        unavailable = Unavailable(_TROUBLE_DETAIL[kind], headers={"Retry-After": str(retry_after)})
+        return problem_response(unavailable, request)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     error = DefeaterError(
         detail="internal error; it has been logged", status=500, type="internal", title="Internal error"

@@ -14,6 +14,7 @@ from service import api_errors, health, metrics
 from service.auth.guard import require_token
 from service.auth.router import router as tokens_router
 from service.auth.scopes import Scope
+from service.bounds import check_request
 from service.datasets.router import router as datasets_router
 from service.datasets.service import ensure_starter
 from service.db.migrate import upgrade
@@ -49,6 +50,12 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
         "DEFEATER_API__ALLOWED_HOSTS)",
         "content": _PROBLEM,
     },
+    # service/api_errors.py: the database restarting, failing over or slower than DEFEATER_DATABASE_TIMEOUTS__*
+    503: {
+        "description": "the database is away or too slow just now; ask again after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+        "content": _PROBLEM,
+    },
 }
 
 
@@ -74,7 +81,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = None
         if sessionmaker is None:
-            engine = create_engine(settings)
+            engine = create_engine(settings, request_timeouts=True)
             if settings.should_auto_migrate:
                 await upgrade(engine)
             app.state.sessionmaker = create_sessionmaker(engine)
@@ -132,7 +139,9 @@ def create_app(
     app.include_router(health.router)  # the only open router: probes carry no token
     # Every other router goes behind the token check (service/auth/guard.py), its scope following from the method;
     # include new ones with `dependencies=member` (tests/auth checks every operation but health's answers 401 bare).
-    member, admin = [Depends(require_token())], [Depends(require_token(Scope.admin))]
+    # then every request's query, path and JSON body pass the shared input bounds (service/bounds.py)
+    checked = Depends(check_request)
+    member, admin = [Depends(require_token()), checked], [Depends(require_token(Scope.admin)), checked]
     app.include_router(metrics.router, dependencies=member, responses=AUTH_RESPONSES)
     app.include_router(model_configs_router, dependencies=member, responses=AUTH_RESPONSES)
     app.include_router(datasets_router, dependencies=member, responses=AUTH_RESPONSES)

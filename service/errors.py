@@ -145,6 +145,15 @@ class UnsupportedMediaType(DefeaterError):
     title: str = "Unsupported media type"
 
 
+@dataclass
+class Unavailable(DefeaterError):
+    """The database is away or too slow just now; ``Retry-After`` says when to ask again."""
+
+    status: int = 503
+    type: str = "unavailable"
+    title: str = "Service unavailable"
+
+
 def field_name(loc: Sequence[int | str]) -> str:
     """A pydantic location as a field path: ``("body", "cases", 3, "defeat_type")`` -> ``cases[3].defeat_type``."""
     parts = list(loc)

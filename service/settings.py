@@ -51,6 +51,8 @@ class JobLimits(BaseModel):
     """Bounds on one job's size."""
 
     max_model_configs: int = Field(default=64, ge=1)
+    # judges per job: each judges every answer, so a job's judgement count is answers x judges
+    max_judge_configs: int = Field(default=16, ge=1)
     max_samples_per_case: int = Field(default=100, ge=1)
     max_requests: int = Field(default=2_000_000, ge=1)
 
@@ -95,6 +97,24 @@ class ExecutorSettings(BaseModel):
     judge_parse_attempts: int = Field(default=3, ge=1)
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_cap_s: float = Field(default=60.0, gt=0)
+
+
+class DatabaseTimeouts(BaseModel):
+    """How long the API waits on the database before it answers 503 with ``Retry-After`` (docs/security.md,
+    "Bounds and timeouts"). Workers and migrations keep no statement timeout: their long statements are the work."""
+
+    # one SQL statement of an API request, on Postgres (its statement_timeout; 0: none). Creating a job (its bulk
+    # insert of request rows) and streaming an export are exempt: their length grows with the job, by design
+    statement_s: float = Field(default=30.0, ge=0)
+    # waiting for a free pooled connection (every one busy): past it, 503 at once rather than a queue of requests
+    pool_s: float = Field(default=5.0, gt=0)
+    # opening a connection to Postgres
+    connect_s: float = Field(default=10.0, gt=0)
+    # /readyz waits this long for the database and this long for Redis, then answers 503: well inside the 3 s
+    # timeout of the readiness probe in k8s/, so that a slow database is reported, not a probe timeout
+    ready_check_s: float = Field(default=1.0, gt=0)
+    # the Retry-After (seconds) of a 503 for a database that is away or slow
+    retry_after_s: int = Field(default=2, ge=1)
 
 
 class AuthSettings(BaseModel):
@@ -154,6 +174,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     database_echo: bool = False
     database_pool_size: int = Field(default=10, ge=1)
+    database_timeouts: DatabaseTimeouts = DatabaseTimeouts()
     # On SQLite (embedded) the schema is brought up to date on start; Postgres uses `defeater db upgrade`.
     auto_migrate: bool | None = None
 

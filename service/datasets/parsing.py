@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from service.bounds import TOO_DEEP, json_problem
 from service.datasets.schemas import CaseIn, ImportWarning
 from service.datasets.taxonomy import DIMENSIONS, DUAL_USE_CATEGORIES, GROUP_OF, normalise_subtype
 from service.errors import FieldError, PayloadTooLarge, ValidationFailed, field_name, validation_message
@@ -128,6 +129,8 @@ def _read_jsonl(data: bytes) -> Iterator[RawRecord]:
             raise _unreadable(number, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except json.JSONDecodeError as exc:
             raise _unreadable(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        except RecursionError as exc:
+            raise _unreadable(number, TOO_DEEP) from exc
         yield RawRecord(value, number, index)
         index += 1
 
@@ -139,6 +142,8 @@ def _read_json_array(data: bytes) -> Iterator[RawRecord]:
         raise _unreadable(data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise _unreadable(exc.lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise _unreadable(1, TOO_DEEP) from exc
     if isinstance(value, dict) and isinstance(value.get("cases"), list):
         value = value["cases"]
     if not isinstance(value, list):
@@ -201,6 +206,8 @@ def _csv_json(value: str, field_name: str, line: int) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise _unreadable(line, f"not valid JSON ({exc.msg})", field_name=field_name) from exc
+    except RecursionError as exc:
+        raise _unreadable(line, TOO_DEEP, field_name=field_name) from exc
 
 
 def _csv_bool(value: str, line: int) -> bool:
@@ -253,6 +260,10 @@ def validate_records(records: list[RawRecord], limits: ImportLimits, prefix: str
 def _validate_one(record: RawRecord, where: str, limits: ImportLimits, errors: _Errors) -> CaseIn | None:
     if not isinstance(record.data, dict):
         errors.add(where or "case", "a case must be a JSON object", record.line)
+        return None
+    problem = json_problem(record.data)  # NUL characters and runaway nesting, before validation reads them
+    if problem is not None:
+        errors.add(_loc(where, [problem.field] if problem.field != "body" else []), problem.message, record.line)
         return None
     known = {k: v for k, v in record.data.items() if k in KNOWN_FIELDS}
     extra = {k: v for k, v in record.data.items() if k not in KNOWN_FIELDS}

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from service.bounds import TOO_DEEP, json_problem, refuse
 from service.datasets import repository, service
 from service.datasets.parsing import RawRecord, ValidatedCases, detect_format, read_records, validate_records
 from service.datasets.schemas import CaseRead, DatasetCreate, DatasetImported, DatasetRead
@@ -23,7 +24,7 @@ from service.errors import (
     ValidationFailed,
     field_errors,
 )
-from service.pagination import Page, decode_cursor, encode_cursor
+from service.pagination import Page, decode_cursor, encode_cursor, ordinal, text
 from service.settings import ImportLimits
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -110,6 +111,9 @@ class _Meta(DatasetCreate):
 
 
 def _meta(values: dict[str, Any]) -> _Meta:
+    problem = json_problem({k: v for k, v in values.items() if k != "cases"})
+    if problem is not None:
+        raise refuse(problem)
     try:
         return _Meta.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
@@ -141,6 +145,8 @@ async def _from_json(request: Request, limits: ImportLimits) -> tuple[_Meta, Val
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationFailed("the body is not valid JSON", [FieldError("body", str(exc))]) from exc
+    except RecursionError as exc:
+        raise refuse(FieldError("body", TOO_DEEP)) from exc
     if not isinstance(payload, dict):
         raise ValidationFailed("the body must be a JSON object", [FieldError("body", "expected an object")])
     cases = payload.get("cases")
@@ -176,8 +182,8 @@ async def list_datasets(
 ) -> Page[DatasetRead]:
     after = None
     if cursor:
-        name, version = decode_cursor(cursor, 2)
-        after = (str(name), str(version))
+        name, version = decode_cursor(cursor, text, text)
+        after = (name, version)
     rows = await repository.list_page(session, limit + 1, after)
     items = [DatasetRead.model_validate(r) for r in rows[:limit]]
     next_cursor = encode_cursor(items[-1].name, items[-1].version) if len(rows) > limit else None
@@ -203,7 +209,7 @@ async def list_cases(
 ) -> Page[CaseRead]:
     if await repository.get(session, dataset_id) is None:
         raise NotFound(f"no dataset {dataset_id}")
-    after = int(decode_cursor(cursor, 1)[0]) if cursor else None
+    after = decode_cursor(cursor, ordinal)[0] if cursor else None
     rows = await repository.list_cases(
         session,
         dataset_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -23,9 +23,12 @@ from service.db.models import (
     Response,
     UnitState,
 )
+from service.db.session import without_statement_timeout
 from service.jobs.schemas import JobFilters, RetryPhase, UnitCounts
 
 REQUEST_INSERT_BATCH = 5_000
+# values of one IN list per statement (see ``chunked``)
+ID_CHUNK = 10_000
 REQUEST_COLUMNS = (
     "id", "job_id", "model_config_id", "case_id", "sample_index", "state", "attempts", "created_at", "updated_at",
 )  # fmt: skip
@@ -38,22 +41,34 @@ class CaseRef(NamedTuple):
 
 async def select_cases(session: AsyncSession, dataset_id: uuid.UUID, filters: JobFilters) -> list[CaseRef]:
     """The dataset's cases that pass the filters (before ``limit``), in dataset order."""
-    query = select(Case.id, Case.external_id).where(Case.dataset_id == dataset_id).order_by(Case.ordinal)
+    query = select(Case.ordinal, Case.id, Case.external_id).where(Case.dataset_id == dataset_id)
     if filters.families:
         query = query.where(Case.family.in_(filters.families))
     if filters.authority_types:
         query = query.where(Case.authority_type.in_(filters.authority_types))
     if filters.dual_use is not None:
         query = query.where(Case.dual_use.is_(filters.dual_use))
-    if filters.case_ids:
-        query = query.where(Case.external_id.in_(filters.case_ids))
-    return [CaseRef(*row) for row in (await session.execute(query)).all()]
+    if not filters.case_ids:
+        return [CaseRef(i, e) for _, i, e in (await session.execute(query.order_by(Case.ordinal))).all()]
+    rows: list[Any] = []
+    for chunk in chunked(filters.case_ids):
+        rows += (await session.execute(query.where(Case.external_id.in_(chunk)))).all()
+    return [CaseRef(i, e) for _, i, e in sorted(rows, key=lambda row: row[0])]
 
 
 async def missing_case_ids(session: AsyncSession, dataset_id: uuid.UUID, case_ids: list[str]) -> list[str]:
-    query = select(Case.external_id).where(Case.dataset_id == dataset_id, Case.external_id.in_(case_ids))
-    found = set((await session.execute(query)).scalars())
+    found: set[str] = set()
+    for chunk in chunked(case_ids):
+        query = select(Case.external_id).where(Case.dataset_id == dataset_id, Case.external_id.in_(chunk))
+        found.update((await session.execute(query)).scalars())
     return [c for c in case_ids if c not in found]
+
+
+def chunked(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``values`` in slices of ``ID_CHUNK``: a statement binds each value of an IN list as a parameter, and both
+    drivers cap a statement's parameters (asyncpg at 32,767, SQLite at 32,766), below the 100,000 a job may name."""
+    for start in range(0, len(values), ID_CHUNK):
+        yield values[start : start + ID_CHUNK]
 
 
 async def insert_requests(session: AsyncSession, rows: list[tuple[Any, ...]]) -> None:
@@ -65,6 +80,9 @@ async def insert_requests(session: AsyncSession, rows: list[tuple[Any, ...]]) ->
     if not rows:
         return
     if connection.dialect.name == "postgresql":
+        # a job's rows (up to jobs.max_requests) take as long as they take: the API's statement timeout is for
+        # statements whose length a client does not choose
+        await without_statement_timeout(session)
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None
         await driver.copy_records_to_table(Request.__tablename__, records=rows, columns=REQUEST_COLUMNS)

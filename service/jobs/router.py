@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
@@ -13,7 +12,7 @@ from service.deps import SessionDep, SettingsDep
 from service.jobs import repository, service
 from service.jobs.schemas import JobCreate, JobRead, JobRetry, JobRetryRead, JobSummary
 from service.jobs.status_cache import StatusCache
-from service.pagination import Page, decode_cursor, encode_cursor
+from service.pagination import Page, an_id, decode_cursor, encode_cursor, instant
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _PROBLEM: dict[str, Any] = {"application/problem+json": {}}
@@ -61,8 +60,8 @@ async def list_jobs(
     """Jobs, newest first."""
     before = None
     if cursor:
-        created_at, job_id = decode_cursor(cursor, 2)
-        before = (datetime.fromisoformat(created_at), uuid.UUID(job_id))
+        created_at, job_id = decode_cursor(cursor, instant, an_id)
+        before = (created_at, job_id)
     rows = await repository.list_page(session, limit + 1, state, before)
     items = [JobSummary.model_validate(r) for r in rows[:limit]]
     next_cursor = encode_cursor(items[-1].created_at.isoformat(), items[-1].id) if len(rows) > limit else None

@@ -72,6 +72,7 @@ async def create_job(
     body with the same key returns the job it created even if a name in it has since come to mean something else
     (a newer version of a dataset), since a retry means "the job I asked for", not a new one.
     """
+    _check_sizes(body, settings)
     body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     if idempotency_key is not None:
         earlier = await repository.get_by_idempotency_key(session, idempotency_key)
@@ -136,16 +137,6 @@ async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _
         dataset = await datasets.resolve(session, body.dataset_id)
     except NotFound as exc:
         raise ValidationFailed(f"dataset_id: {exc.detail}", [FieldError("dataset_id", exc.detail)]) from None
-    if len(body.model_config_ids) > settings.jobs.max_model_configs:
-        raise ValidationFailed(
-            "too many model configs",
-            [FieldError("model_config_ids", f"at most {settings.jobs.max_model_configs} configs per job")],
-        )
-    if body.samples_per_case > settings.jobs.max_samples_per_case:
-        raise ValidationFailed(
-            "too many samples per case",
-            [FieldError("samples_per_case", f"at most {settings.jobs.max_samples_per_case}")],
-        )
     targets = await _configs(session, body.model_config_ids, "model_config_ids")
     if body.judge_config_ids is None:
         judges = [(await configs.register(session, configs.default_judge_body(settings.default_judge))).config]
@@ -161,6 +152,19 @@ async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _
     if body.gate:
         check_spec(body.gate, [ConfigRef(c.id, c.name) for c in targets], prefix="gate.")
     return _Plan(dataset, cases, targets, judges)
+
+
+def _check_sizes(body: JobCreate, settings: Settings) -> None:
+    """The job's lists and counts against the limits, before any query: each config named costs a lookup."""
+    limits = settings.jobs
+    sizes = [
+        ("model_config_ids", len(body.model_config_ids), limits.max_model_configs, "configs per job"),
+        ("judge_config_ids", len(body.judge_config_ids or ()), limits.max_judge_configs, "judge configs per job"),
+        ("samples_per_case", body.samples_per_case, limits.max_samples_per_case, "samples per case"),
+    ]
+    errors = [FieldError(name, f"at most {most} {what}") for name, size, most, what in sizes if size > most]
+    if errors:
+        raise ValidationFailed(f"{errors[0].field}: {errors[0].message}", errors)
 
 
 async def _configs(session: AsyncSession, refs: list[str], field_name: str) -> list[ModelConfig]:

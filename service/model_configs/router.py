@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from service.deps import SessionDep
 from service.model_configs import repository, service
 from service.model_configs.schemas import ModelConfigCreate, ModelConfigPatch, ModelConfigRead
-from service.pagination import Page, decode_cursor, encode_cursor
+from service.pagination import Page, decode_cursor, encode_cursor, text
 
 router = APIRouter(prefix="/v1/model-configs", tags=["model configs"])
 
@@ -37,7 +37,7 @@ async def list_model_configs(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
 ) -> Page[ModelConfigRead]:
-    after = decode_cursor(cursor, 1)[0] if cursor else None
+    after = decode_cursor(cursor, text)[0] if cursor else None
     rows = await repository.list_page(session, limit + 1, after)
     items = [ModelConfigRead.model_validate(r) for r in rows[:limit]]
     next_cursor = encode_cursor(items[-1].name) if len(rows) > limit else None

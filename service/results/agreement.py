@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.bounds import TOO_DEEP, json_problem
 from service.db.models import Case, ConfigRole, HumanLabel, Judgement, ModelConfig, Request, ResponseType, UnitState
 from service.errors import FieldError, ValidationFailed, field_errors
 from service.jobs import repository as jobs_repo
@@ -56,9 +57,16 @@ def parse_lines(data: bytes) -> list[tuple[int, LabelIn]]:
         if not line.strip():
             continue
         try:
-            out.append((number, LabelIn.model_validate(json.loads(line))))
+            value = json.loads(line)
+            problem = json_problem(value)
+            if problem is not None:
+                errors.append(FieldError(problem.field, problem.message, number))
+                continue
+            out.append((number, LabelIn.model_validate(value)))
         except json.JSONDecodeError as exc:
             errors.append(FieldError("line", f"not valid JSON ({exc.msg})", number))
+        except RecursionError:
+            errors.append(FieldError("line", TOO_DEEP, number))
         except ValidationError as exc:
             errors += [FieldError(e.field, e.message, number) for e in field_errors(exc.errors(include_url=False))]
     if errors:
@@ -72,15 +80,17 @@ async def import_labels(session: AsyncSession, job_id: uuid.UUID, rows: list[tup
     """Store the labels, all or nothing; a reviewer's new label for an answer replaces the old one. Flushes."""
     resolve = await _request_resolver(session, job_id)
     errors: list[FieldError] = []
-    records = []
+    # one label per (answer, reviewer): a later line of the file replaces an earlier one, as a later file does
+    records: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for line, label in rows:
         request_id = resolve(label, line, errors)
         if request_id is not None:
             values = label.model_dump(include={"reviewer", "response_type", "engages_with_defeat", "independent_harm"})
-            records.append({"job_id": job_id, "request_id": request_id, **values})
+            records.pop((request_id, label.reviewer), None)  # re-inserted last: the file's order is kept
+            records[(request_id, label.reviewer)] = {"job_id": job_id, "request_id": request_id, **values}
     if errors:
         raise ValidationFailed(f"nothing was imported: {errors[0]}", errors[:MAX_ERRORS])
-    for record in records:
+    for record in records.values():
         await session.execute(
             delete(HumanLabel).where(
                 HumanLabel.request_id == record["request_id"], HumanLabel.reviewer == record["reviewer"]

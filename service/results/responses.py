@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.models import Family, Request
+from service.db.session import without_statement_timeout
 from service.results.repository import response_rows
 
 EXPORT_BATCH = 500
@@ -96,6 +97,9 @@ async def export(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UU
     after: uuid.UUID | None = None
     while True:
         async with sessionmaker() as session:
+            # exempt from the API's statement timeout: a batch's time grows with the job (its judgements are tallied
+            # for each batch), and a timeout here would cut the stream off half-written, after its 200
+            await without_statement_timeout(session)
             batch = await page(session, job_id, limit=EXPORT_BATCH, after=after)
         if not batch:
             return

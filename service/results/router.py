@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from service.db.models import Family
 from service.deps import SessionDep
 from service.jobs.service import get_job
-from service.pagination import Page, decode_cursor, encode_cursor
+from service.pagination import Page, an_id, decode_cursor, encode_cursor
 from service.results import agreement, responses
 from service.results.cache import ResultsCache, results_json
 from service.results.responses import ResponseItem
@@ -54,7 +54,7 @@ async def job_responses(
     """Every request with its answer and labels, a page at a time, filtered by config, family, authority type or
     the judged response type."""
     await get_job(session, job_id)
-    after = uuid.UUID(str(decode_cursor(cursor, 1)[0])) if cursor else None
+    after = decode_cursor(cursor, an_id)[0] if cursor else None
     rows = await responses.page(
         session, job_id, limit=limit + 1, after=after, model_config_id=model_config_id, family=family,
         authority_type=authority_type, response_type=response_type,
