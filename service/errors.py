@@ -145,6 +145,15 @@ class UnsupportedMediaType(DefeaterError):
     title: str = "Unsupported media type"
 
 
+@dataclass
+class TooManyRequests(DefeaterError):
+    """A client holds as many of something (event streams) as it may; ``Retry-After`` says when to ask again."""
+
+    status: int = 429
+    type: str = "too-many-requests"
+    title: str = "Too many requests"
+
+
 def field_name(loc: Sequence[int | str]) -> str:
     """A pydantic location as a field path: ``("body", "cases", 3, "defeat_type")`` -> ``cases[3].defeat_type``."""
     parts = list(loc)

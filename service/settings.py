@@ -170,6 +170,20 @@ class WebhookSettings(BaseModel):
         return entries
 
 
+class EventSettings(BaseModel):
+    """Server-Sent Events streams (``GET /v1/jobs/{id}/events``; docs/security.md).
+
+    ``max_streams_per_client``: streams one token holds open at once in one API process (with tokens off: one client
+    address); more get a 429. Each browser tab or ``defeater wait`` is one. ``max_lifetime_s``: a stream then ends
+    with a ``close`` event and the client reconnects (``defeater wait`` does). ``token_recheck_s``: how often a
+    stream checks that its token is still live; a revoked token ends it with a ``close`` event.
+    """
+
+    max_streams_per_client: int = Field(default=20, ge=1)
+    max_lifetime_s: float = Field(default=3600.0, gt=0)
+    token_recheck_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of the service's settings. Nested groups read ``DEFEATER_<GROUP>__<FIELD>``."""
 
@@ -190,6 +204,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    events: EventSettings = EventSettings()
 
     # signs jobs' completion webhooks (HMAC-SHA256); from the environment or a secret store only
     webhook_secret: SecretStr | None = None
