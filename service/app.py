@@ -20,6 +20,7 @@ from service.datasets.service import ensure_starter
 from service.db.migrate import upgrade
 from service.db.session import create_engine, create_sessionmaker
 from service.gates.router import router as gates_router
+from service.jobs.events import EventStreams
 from service.jobs.events import router as job_events_router
 from service.jobs.router import router as jobs_router
 from service.jobs.status_cache import StatusCache
@@ -132,6 +133,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.event_streams = EventStreams(settings.events)
     api_errors.install(app)
     # before routing, body parsing and the token check; the last added runs first: the Host, then the body
     app.add_middleware(BodyLimit, settings=settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -74,22 +74,43 @@ class ServiceClient:
         return response.json() if response.content else None
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The job's Server-Sent Events, reconnecting when a stream is cut (an API replica going away)."""
+        """The job's Server-Sent Events, reconnecting when a stream is cut (an API replica going away) or reaches its
+        maximum lifetime; a ``ServiceError`` when the service ends it because the token was revoked."""
         self.call("GET", f"/v1/jobs/{job_id}")  # an unreachable service or an unknown job is an error at once
-        for _ in range(RECONNECTS):
+        lost = 0
+        while lost < RECONNECTS:
             try:
-                params = {"interval": EVENTS_INTERVAL_S}
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", params=params, timeout=None) as stream:
-                    if stream.status_code >= 400:
-                        stream.read()
-                        raise _refused("GET", f"/v1/jobs/{job_id}/events", stream)
-                    for event in parse_events(stream.iter_lines()):
-                        yield event
-                        if event[0] == "end":
-                            return
+                outcome = yield from self._stream(job_id)
             except httpx.HTTPError:
+                outcome = "cut"
+            if outcome == "end":
+                return
+            if outcome == "cut":  # a lifetime's end reconnects at once and is not counted
+                lost += 1
                 time.sleep(1.0)
         raise ServiceError(f"lost the event stream of job {job_id} at {self.url} {RECONNECTS} times")
+
+    def _stream(self, job_id: str) -> Generator[tuple[str, dict[str, Any]], None, str]:
+        """One stream's events; then ``end`` (the job ended), ``reconnect`` (the stream's lifetime did) or ``cut``."""
+        path = f"/v1/jobs/{job_id}/events"
+        with self.http.stream("GET", path, params={"interval": EVENTS_INTERVAL_S}, timeout=None) as stream:
+            if stream.status_code >= 400:
+                stream.read()
+                raise _refused("GET", path, stream)
+            for event in parse_events(stream.iter_lines()):
+                if event[0] == "close":
+                    return _closed(job_id, event[1])
+                yield event
+                if event[0] == "end":
+                    return "end"
+        return "cut"
+
+
+def _closed(job_id: str, data: dict[str, Any]) -> str:
+    """What a ``close`` event means for the client: reconnect, or stop with the service's reason."""
+    if data.get("reason") == "max_lifetime":
+        return "reconnect"
+    raise ServiceError(f"the service ended the event stream of job {job_id}: {data.get('detail') or data}")
 
 
 def _refused(method: str, path: str, response: httpx.Response) -> ServiceError:

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from service.datasets.taxonomy import AUTHORITY_TYPES
 from service.errors import FieldError, ValidationFailed, field_errors, field_name
-from service.jobs.schemas import GateSpec, JobFilters
+from service.jobs.schemas import GateSpec, JobFilters, WebhookUrl
 from service.model_configs.schemas import ModelConfigCreate, provider_problems
 
 
@@ -52,7 +52,7 @@ class _Body(BaseModel):
     samples_per_case: int = Field(default=1, ge=1, description="answers asked of each model for each case")
     budget_usd: float | None = Field(default=None, gt=0, description="the job pauses when its spend reaches this")
     use_cache: bool = Field(default=True, description="reuse identical earlier calls instead of paying again")
-    webhook_url: AnyHttpUrl | None = Field(default=None, description="a signed POST here when the job ends")
+    webhook_url: WebhookUrl | None = Field(default=None, description="a signed POST here when the job ends")
     gate: GateSpec | None = Field(default=None, description="the checks `defeater gate` decides pass or fail on")
 
 

@@ -154,6 +154,15 @@ class Unavailable(DefeaterError):
     title: str = "Service unavailable"
 
 
+@dataclass
+class TooManyRequests(DefeaterError):
+    """A client holds as many of something (event streams) as it may; ``Retry-After`` says when to ask again."""
+
+    status: int = 429
+    type: str = "too-many-requests"
+    title: str = "Too many requests"
+
+
 def field_name(loc: Sequence[int | str]) -> str:
     """A pydantic location as a field path: ``("body", "cases", 3, "defeat_type")`` -> ``cases[3].defeat_type``."""
     parts = list(loc)

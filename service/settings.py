@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -165,6 +166,44 @@ class ApiSettings(BaseModel):
         return hosts
 
 
+class WebhookSettings(BaseModel):
+    """Where jobs' completion webhooks may go (``service/jobs/webhook_target.py``; docs/security.md).
+
+    ``allowed_hosts``: exceptions to "public addresses only": host names (that name may resolve to any address),
+    addresses or CIDR networks (``127.0.0.1``, ``::1``, ``10.0.0.0/8``: those addresses may be called). Empty by
+    default: no webhook reaches loopback, a private network or the cloud's metadata service.
+    """
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _entries(cls, value: list[str]) -> list[str]:
+        entries = [entry.strip().lower() for entry in value]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                if HOST_PATTERN.fullmatch(entry) is None or entry.partition(":")[2]:
+                    raise ValueError(f"{entry!r} is not a host name, an address or a CIDR network") from None
+        return entries
+
+
+class EventSettings(BaseModel):
+    """Server-Sent Events streams (``GET /v1/jobs/{id}/events``; docs/security.md).
+
+    ``max_streams_per_client``: streams one token holds open at once in one API process (with tokens off: one client
+    address); more get a 429. Each browser tab or ``defeater wait`` is one. ``max_lifetime_s``: a stream then ends
+    with a ``close`` event and the client reconnects (``defeater wait`` does). ``token_recheck_s``: how often a
+    stream checks that its token is still live; a revoked token ends it with a ``close`` event.
+    """
+
+    max_streams_per_client: int = Field(default=20, ge=1)
+    max_lifetime_s: float = Field(default=3600.0, gt=0)
+    token_recheck_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of the service's settings. Nested groups read ``DEFEATER_<GROUP>__<FIELD>``."""
 
@@ -185,6 +224,8 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = ExecutorSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    events: EventSettings = EventSettings()
 
     # signs jobs' completion webhooks (HMAC-SHA256); from the environment or a secret store only
     webhook_secret: SecretStr | None = None

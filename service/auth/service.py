@@ -101,6 +101,12 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiToken | None
     return row
 
 
+async def is_live(session: AsyncSession, token_id: uuid.UUID) -> bool:
+    """True while the token exists and is not revoked (a long-lived stream asks this again and again)."""
+    row = await repository.get(session, token_id)
+    return row is not None and row.revoked_at is None
+
+
 def mark_used(row: ApiToken, now: datetime | None = None) -> bool:
     """Note that ``row`` was used, when its ``last_used_at`` is over a minute old; True when that changed it."""
     now = now or utcnow()

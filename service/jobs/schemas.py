@@ -8,7 +8,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    UrlConstraints,
+    field_validator,
+    model_validator,
+)
 
 from service.datasets.taxonomy import AUTHORITY_GROUPS, AUTHORITY_TYPES
 from service.db.models.enums import Family, JobState
@@ -146,6 +156,19 @@ def _canonical_ref(value: Any) -> Any:
 Ref = Annotated[str, BeforeValidator(_canonical_ref), Field(min_length=1, max_length=300)]
 
 
+def _no_credentials(url: AnyUrl) -> AnyUrl:
+    # a password in a URL ends up in logs, proxies and every reader's view of the job: the signature authenticates
+    if url.username is not None or url.password is not None:
+        raise ValueError("must not contain credentials (user:password@): the receiver checks X-Defeater-Signature")
+    return url
+
+
+# http(s) only, as long as the column that keeps it, and no userinfo (service/jobs/webhook_target.py checks the host)
+WebhookUrl = Annotated[
+    AnyUrl, UrlConstraints(max_length=2048, allowed_schemes=["http", "https"]), AfterValidator(_no_credentials)
+]
+
+
 class JobCreate(BaseModel):
     """A job to start. The dataset and the configs are named as in the CLI: by id or by name."""
 
@@ -164,10 +187,11 @@ class JobCreate(BaseModel):
     samples_per_case: int = Field(default=1, ge=1)
     budget_usd: float | None = Field(default=None, gt=0)
     use_cache: bool = Field(default=True, description="reuse identical earlier calls instead of paying again")
-    webhook_url: AnyHttpUrl | None = Field(
+    webhook_url: WebhookUrl | None = Field(
         default=None,
         description="POSTed once when the job completes or fails, signed with the service's DEFEATER_WEBHOOK_SECRET "
-        "(X-Defeater-Signature: sha256=HMAC of '<X-Defeater-Timestamp>.<body>')",
+        "(X-Defeater-Signature: sha256=HMAC of '<X-Defeater-Timestamp>.<body>'); a public host (unless the operator "
+        "allows others), no credentials in the URL",
     )
     gate: GateSpec | None = None
 

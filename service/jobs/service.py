@@ -29,6 +29,7 @@ from service.jobs.schemas import (
     RetryPhase,
     Tokens,
 )
+from service.jobs.webhook_target import Allowed, creation_problem, without_credentials
 from service.model_configs import service as configs
 from service.settings import Settings
 
@@ -63,6 +64,18 @@ def request_ids(job_id: uuid.UUID, config_id: uuid.UUID, case_ids: list[uuid.UUI
     return out
 
 
+def _check_webhook(url: str, settings: Settings) -> None:
+    """A 422 naming ``webhook_url`` when the service cannot sign it or may not call it (``webhook_target``)."""
+    if settings.webhook_secret is None:
+        raise ValidationFailed(
+            "this service cannot sign webhooks: DEFEATER_WEBHOOK_SECRET is not set",
+            [FieldError("webhook_url", "needs the service's DEFEATER_WEBHOOK_SECRET to sign with")],
+        )
+    problem = creation_problem(url, Allowed.parse(settings.webhooks.allowed_hosts))
+    if problem is not None:
+        raise ValidationFailed(f"webhook_url {problem}", [FieldError("webhook_url", problem)])
+
+
 async def create_job(
     session: AsyncSession, body: JobCreate, settings: Settings, idempotency_key: str | None = None
 ) -> Created:
@@ -78,11 +91,8 @@ async def create_job(
         earlier = await repository.get_by_idempotency_key(session, idempotency_key)
         if earlier is not None:
             return _replay(earlier, body_hash)
-    if body.webhook_url is not None and settings.webhook_secret is None:
-        raise ValidationFailed(
-            "this service cannot sign webhooks: DEFEATER_WEBHOOK_SECRET is not set",
-            [FieldError("webhook_url", "needs the service's DEFEATER_WEBHOOK_SECRET to sign with")],
-        )
+    if body.webhook_url is not None:
+        _check_webhook(str(body.webhook_url), settings)
     plan = await _plan(session, body, settings)
     job = Job(
         id=uuid.uuid4(),
@@ -304,7 +314,7 @@ def compose(job: Job, measured: Measured) -> JobRead:
         filters=job.filters,
         budget_usd=job.budget_usd,
         use_cache=job.use_cache,
-        webhook_url=job.webhook_url,
+        webhook_url=without_credentials(job.webhook_url) if job.webhook_url else None,
         gate=job.gate,
         progress=Progress(requests=requests, judgements=judgements),
         calls_per_second=round(rate, 3),

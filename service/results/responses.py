@@ -17,6 +17,8 @@ from service.db.session import without_statement_timeout
 from service.results.repository import response_rows
 
 EXPORT_BATCH = 500
+# a CSV cell starting with one of these is a formula (or becomes one) in Excel, LibreOffice and Google Sheets
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = (
     "request_id", "model_config_id", "case_id", "sample_index", "family", "authority_type", "dual_use", "state",
     "attempts", "failure_reason", "outcome", "finish_reason", "response_type", "engages_with_defeat",
@@ -112,7 +114,17 @@ async def export(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UU
         after = batch[-1].request_id
 
 
+def spreadsheet_safe(value: str) -> str:
+    """A text cell a spreadsheet will not run: one that starts like a formula gets a leading ``'`` (OWASP's rule for
+    CSV injection). ``=HYPERLINK(...)`` in a case id or in a model's answer would otherwise be a live formula."""
+    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
+
+
 def _csv_line(values: tuple[Any, ...]) -> bytes:
+    # only text is quoted: numbers are ours (a negative figure must stay a number), and JSONL keeps every raw value
+    cells = ["" if v is None else spreadsheet_safe(v) if isinstance(v, str) else v for v in values]
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in values])
+    # CRLF (RFC 4180): the writer quotes a cell holding any character of the line terminator, and with "\n" alone a
+    # bare "\r" in a model's answer went out unquoted and split the record when read back
+    csv.writer(buffer, lineterminator="\r\n").writerow(cells)
     return buffer.getvalue().encode()

@@ -114,7 +114,9 @@ def test_wait_shows_both_phases_and_ctrl_c_leaves_the_job_to_cancel(fake_process
         assert re.search(r"^judgements .* 4/4", shown, re.MULTILINE), shown
         assert shown.rstrip().endswith(f"job {small} completed")
 
-        big = post_job(client, fake, keys, 300)["id"]
+        # slow answers from here on: the job is still running whatever the machine's speed when it is cancelled
+        httpx.put(f"{fake}/_fake/config", json={"latency": {"distribution": "fixed", "mean_s": 5.0}}).raise_for_status()
+        big = post_job(client, fake, keys, 160)["id"]
         following = subprocess.Popen([*defeater, "wait", big], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert following.stdout is not None and "requests" in following.stdout.readline()

@@ -14,11 +14,13 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.settings import Settings
+from service.settings import Settings, WebhookSettings
 from tests.workers.test_executor import run
 from workers.providers.fake import FakeProvider
 
 SECRET = "whsec-test"
+# the receiver listens on loopback, which webhooks may reach only when the operator allows it
+LOOPBACK = WebhookSettings(allowed_hosts=["127.0.0.1"])
 
 
 class Receiver:
@@ -53,7 +55,7 @@ async def test_a_finished_job_posts_one_signed_notice(
     ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any,
     receiver: Receiver,
 ) -> None:  # fmt: skip
-    settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET)})
+    settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET), "webhooks": LOOPBACK})
     make_job.settings = settings
     job_id = await make_job(fake, [("openai", "fake-gpt")], limit=3, webhook_url=receiver.url)
     outcome = await run(ledger, settings, job_id)
@@ -79,7 +81,7 @@ async def test_a_job_that_cannot_start_posts_its_failure(
     ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any,
     receiver: Receiver,
 ) -> None:  # fmt: skip
-    settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET)})
+    settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET), "webhooks": LOOPBACK})
     make_job.settings = settings
     job_id = await make_job(
         fake, [("openai", "fake-gpt")], limit=3, judge_key_env="NO_JUDGE_KEY", webhook_url=receiver.url
