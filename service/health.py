@@ -16,7 +16,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={503: {"description": "the database (or Redis) does not answer: `checks` says which"}},
+)
 async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     checks: dict[str, str] = {}
     try:

@@ -25,6 +25,7 @@ from service.db.models import ConfigRole, JobModelConfig, JobState, Judgement, M
 from service.db.models import Request as Unit
 from service.deps import SessionDep
 from service.jobs import service
+from service.problems import NO_JOB
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -39,7 +40,8 @@ PING_S = 15
         200: {
             "content": {"text/event-stream": {}},
             "description": "`progress` events, then one `end` (state, error, warnings)",
-        }
+        },
+        **NO_JOB,
     },
 )
 async def job_events(
