@@ -66,8 +66,9 @@ VALIDATION = "a field is invalid: `errors` names each one"
 
 
 def document_problems(app: FastAPI) -> None:
-    """Make ``app.openapi()`` declare problem+json errors: the ``Problem`` schema in its components, and every 422
-    FastAPI generated (``HTTPValidationError``) rewritten as what the API sends (service/api_errors.py)."""
+    """Make ``app.openapi()`` declare problem+json errors: the ``Problem`` schema in its components, every 422
+    FastAPI generated (``HTTPValidationError``) rewritten as what the API sends (service/api_errors.py), and the 400
+    of an undecodable body on every operation that takes one."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -76,7 +77,7 @@ def document_problems(app: FastAPI) -> None:
         if "Problem" not in schemas:
             for operations in spec["paths"].values():
                 for operation in operations.values():
-                    _problem_422(operation.get("responses", {}))
+                    _declare_problems(operation)
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
             schemas["Problem"] = PROBLEM_SCHEMA
@@ -85,7 +86,11 @@ def document_problems(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _problem_422(responses: dict[str, Any]) -> None:
+def _declare_problems(operation: dict[str, Any]) -> None:
+    responses = operation.setdefault("responses", {})
     invalid = responses.get("422")
     if invalid is not None and PROBLEM_JSON not in invalid.get("content", {}):
         responses["422"] = problem(VALIDATION)
+    if "requestBody" in operation:
+        # Starlette's answer to a body it cannot decode (not UTF-8, a broken multipart), before validation
+        responses.setdefault("400", problem("the body cannot be parsed"))
