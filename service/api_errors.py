@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -63,6 +64,8 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     response = problem_response(error, request)
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value
+    if exc.status_code == 405:
+        response.headers["Allow"] = allowed_methods(request, response.headers.get("Allow", ""))
     return response
 
 
@@ -70,6 +73,17 @@ def too_deep(field: str) -> ValidationFailed:
     """The 422 for JSON nested too deeply to read at all (Python's parser ran out of stack)."""
     error = FieldError(field, "nested too deeply (objects and arrays inside one another)")
     return ValidationFailed(f"{field}: {error.message}", [error])
+
+
+def allowed_methods(request: Request, named: str) -> str:
+    """Every method the app serves at the request's path. Starlette's 405 names only those of the first route that
+    matches the path (``named``), though FastAPI makes one route per method: ``GET`` and ``PATCH
+    /v1/model-configs/{id}`` are two. The spec lists them all (routes outside it, such as ``/metrics``, are one)."""
+    methods = {m.strip().upper() for m in named.split(",") if m.strip()}
+    for path, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)), request.url.path):
+            methods.update(method.upper() for method in operations)
+    return ", ".join(sorted(methods))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

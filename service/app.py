@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,38 +25,14 @@ from service.jobs.router import router as jobs_router
 from service.jobs.status_cache import StatusCache
 from service.middleware import BodyLimit, HostGuard
 from service.model_configs.router import router as model_configs_router
+from service.problems import PROTECTED, document_problems
 from service.results.cache import ResultsCache
 from service.results.router import router as results_router
 from service.settings import Settings
 
 API_VERSION = "0.1.0"
-# RFC 9457: the fields every error of ours carries
-_PROBLEM_FIELDS = {"type": "string", "title": "string", "status": "integer", "detail": "string"}
-_PROBLEM: dict[str, Any] = {
-    "application/problem+json": {
-        "schema": {"type": "object", "properties": {name: {"type": kind} for name, kind in _PROBLEM_FIELDS.items()}}
-    }
-}
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no valid API token (none, unknown or revoked)", "content": _PROBLEM},
-    403: {
-        "description": "the token lacks the scope this request needs; with tokens off, a write from another site",
-        "content": _PROBLEM,
-    },
-    # answered by service/middleware.py, before the endpoint runs
-    413: {"description": "the body is over this endpoint's limit (refused while it is read)", "content": _PROBLEM},
-    421: {
-        "description": "the Host is not one this API answers to (tokens off: loopback names only; see "
-        "DEFEATER_API__ALLOWED_HOSTS)",
-        "content": _PROBLEM,
-    },
-    # service/api_errors.py: the database restarting, failing over or slower than DEFEATER_DATABASE_TIMEOUTS__*
-    503: {
-        "description": "the database is away or too slow just now; ask again after Retry-After seconds",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
-        "content": _PROBLEM,
-    },
-}
+# what every operation behind the token check may answer besides its own errors (problem+json, service/problems.py)
+AUTH_RESPONSES = PROTECTED
 
 
 def create_app(
@@ -135,6 +110,7 @@ def create_app(
     app.state.settings = settings
     app.state.event_streams = EventStreams(settings.events)
     api_errors.install(app)
+    document_problems(app)
     # before routing, body parsing and the token check; the last added runs first: the Host, then the body
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(HostGuard, settings=settings)

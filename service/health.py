@@ -21,7 +21,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={503: {"description": "the database (or Redis) does not answer: `checks` says which"}},
+)
 async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     """Ready when the database (and Redis, when configured) answer, each within
     ``DEFEATER_DATABASE_TIMEOUTS__READY_CHECK_S``: a slow dependency is a quick 503, never a probe timeout."""

@@ -15,11 +15,12 @@ from service.auth.schemas import TokenCreate, TokenCreated, TokenRead
 from service.deps import SessionDep
 from service.errors import NotFound
 from service.pagination import Page
+from service.problems import problem
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
 
-@router.post("", status_code=201, response_model=TokenCreated)
+@router.post("", status_code=201, response_model=TokenCreated, responses={409: problem("the name is taken")})
 async def create_token(body: TokenCreate, session: SessionDep, response: Response) -> TokenCreated:
     """Make a token. The answer holds the token itself, this once: only its hash is kept."""
     issued = await service.create_token(session, body)
@@ -37,7 +38,7 @@ async def list_tokens(session: SessionDep) -> Page[TokenRead]:
     return Page[TokenRead](items=[TokenRead.model_validate(r) for r in rows], next_cursor=None)
 
 
-@router.delete("/{token_id}", response_model=TokenRead)
+@router.delete("/{token_id}", response_model=TokenRead, responses={404: problem("no such token")})
 async def revoke_token(token_id: uuid.UUID, session: SessionDep) -> TokenRead:
     """Revoke a token: requests carrying it get 401 from now on. Revoking a revoked token changes nothing."""
     row = await repository.get(session, token_id)

@@ -25,9 +25,11 @@ from service.errors import (
     field_errors,
 )
 from service.pagination import Page, decode_cursor, encode_cursor, ordinal, text
+from service.problems import VALIDATION, problem
 from service.settings import ImportLimits
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+_NO_DATASET: dict[int | str, dict[str, Any]] = {404: problem("no such dataset")}
 
 _FILE_SCHEMA = {"type": "string", "format": "binary"}
 _IMPORT_BODY: dict[str, Any] = {
@@ -59,7 +61,16 @@ _IMPORT_BODY: dict[str, Any] = {
     status_code=201,
     response_model=DatasetImported,
     openapi_extra=_IMPORT_BODY,
-    responses={200: {"description": "the same cases were already imported under this name and version"}},
+    responses={
+        200: {
+            "description": "the same cases were already imported under this name and version",
+            "model": DatasetImported,
+        },
+        400: problem("a multipart body that cannot be parsed"),
+        409: problem("this name and version hold other cases"),
+        415: problem("a body in a format this endpoint does not read"),
+        422: problem(VALIDATION + " (and the line of the file)"),
+    },
 )
 async def import_dataset(
     request: Request,
@@ -190,7 +201,7 @@ async def list_datasets(
     return Page[DatasetRead](items=items, next_cursor=next_cursor)
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead)
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=_NO_DATASET)
 async def read_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetRead:
     dataset = await repository.get(session, dataset_id)
     if dataset is None:
@@ -198,7 +209,7 @@ async def read_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetRea
     return DatasetRead.model_validate(dataset)
 
 
-@router.get("/{dataset_id}/cases", response_model=Page[CaseRead])
+@router.get("/{dataset_id}/cases", response_model=Page[CaseRead], responses=_NO_DATASET)
 async def list_cases(
     dataset_id: uuid.UUID,
     session: SessionDep,

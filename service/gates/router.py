@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter
 
@@ -12,16 +11,15 @@ from service.gates import service
 from service.gates.schemas import GateResult
 from service.jobs.schemas import GateSpec
 from service.jobs.service import get_job
+from service.problems import NO_JOB, problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["gates"])
-
-_PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 
 
 @router.get(
     "/{job_id}/gate",
     response_model=GateResult,
-    responses={404: {"description": "no such job, or the job has no gate", "content": _PROBLEM}},
+    responses={404: problem("no such job, or the job has no gate")},
 )
 async def job_gate(job_id: uuid.UUID, session: SessionDep) -> GateResult:
     """The gate's verdict: per gated config (every config but the baselines) each check with its figure, interval,
@@ -37,7 +35,7 @@ async def job_gate(job_id: uuid.UUID, session: SessionDep) -> GateResult:
 @router.post(
     "/{job_id}/gate",
     response_model=GateResult,
-    responses={404: {"description": "no such job", "content": _PROBLEM}},
+    responses=NO_JOB,
 )
 async def set_job_gate(job_id: uuid.UUID, body: GateSpec, session: SessionDep) -> GateResult:
     """Set or replace the job's gate, at any point of the job's life, and return its verdict as ``GET`` does.

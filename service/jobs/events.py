@@ -39,6 +39,7 @@ from service.deps import SessionDep
 from service.errors import TooManyRequests
 from service.jobs import service
 from service.jobs.status_cache import StatusCache
+from service.problems import NO_JOB, problem
 from service.settings import EventSettings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -58,11 +59,12 @@ RETRY_AFTER_S = 10
             "description": "`progress` events, then one `end` (state, error, warnings), or one `close` (reason: "
             "`max_lifetime`, reconnect; `token_revoked`, stop)",
         },
-        429: {
-            "description": "this token (tokens off: this client address) holds as many streams as it may "
+        **NO_JOB,
+        429: problem(
+            "this token (tokens off: this client address) holds as many streams as it may "
             "(DEFEATER_EVENTS__MAX_STREAMS_PER_CLIENT); Retry-After says when to try again",
-            "content": {"application/problem+json": {}},
-        },
+            {"Retry-After": {"description": "seconds to wait before asking again", "schema": {"type": "integer"}}},
+        ),
     },
 )
 async def job_events(

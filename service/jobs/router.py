@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 
@@ -13,9 +13,9 @@ from service.jobs import repository, service
 from service.jobs.schemas import JobCreate, JobRead, JobRetry, JobRetryRead, JobSummary
 from service.jobs.status_cache import StatusCache
 from service.pagination import Page, an_id, decode_cursor, encode_cursor, instant
+from service.problems import NO_JOB, problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-_PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 
 
 async def _start_work(request: Request, job_id: uuid.UUID, task_id: str) -> None:
@@ -31,7 +31,11 @@ async def _start_work(request: Request, job_id: uuid.UUID, task_id: str) -> None
     "",
     status_code=202,
     response_model=JobRead,
-    responses={200: {"description": "a job was already created with this Idempotency-Key and body"}},
+    responses={
+        200: {"description": "a job was already created with this Idempotency-Key and body", "model": JobRead},
+        404: problem("no such dataset or model config (the closest names listed)"),
+        409: problem("the Idempotency-Key was used for a job with another body"),
+    },
 )
 async def create_job(
     body: JobCreate,
@@ -68,7 +72,7 @@ async def list_jobs(
     return Page[JobSummary](items=items, next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id}", response_model=JobRead, responses=NO_JOB)
 async def read_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobRead:
     """State, progress per phase and state, throughput, ETA, tokens, spend and errors by kind. While the job runs,
     its unit counts may be up to a second old; a finished job's are exact."""
@@ -77,7 +81,11 @@ async def read_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> 
     return await (cache.read(session, job) if cache is not None else service.read_job(session, job))
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobRead,
+    responses={**NO_JOB, 409: problem("the job is already over (completed, failed or cancelled)")},
+)
 async def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
     """Stop dispatching; calls in flight finish and are kept."""
     job = await service.cancel_job(session, await service.get_job(session, job_id))
@@ -90,8 +98,9 @@ async def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
     status_code=202,
     response_model=JobRetryRead,
     responses={
-        409: {"description": "the job is queued, running or cancelled, or no failed unit matches", "content": _PROBLEM},
-        422: {"description": "an unknown field, phase or failure reason (the valid ones listed)", "content": _PROBLEM},
+        **NO_JOB,
+        409: problem("the job is queued, running or cancelled, or no failed unit matches"),
+        422: problem("an unknown field, phase or failure reason (the valid ones listed)"),
     },
 )
 async def retry_job(

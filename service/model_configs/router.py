@@ -11,6 +11,7 @@ from service.deps import SessionDep
 from service.model_configs import repository, service
 from service.model_configs.schemas import ModelConfigCreate, ModelConfigPatch, ModelConfigRead
 from service.pagination import Page, decode_cursor, encode_cursor, text
+from service.problems import problem
 
 router = APIRouter(prefix="/v1/model-configs", tags=["model configs"])
 
@@ -19,7 +20,10 @@ router = APIRouter(prefix="/v1/model-configs", tags=["model configs"])
     "",
     status_code=201,
     response_model=ModelConfigRead,
-    responses={200: {"description": "an identical config was already registered", "model": ModelConfigRead}},
+    responses={
+        200: {"description": "an identical config was already registered", "model": ModelConfigRead},
+        409: problem("the name is taken by a config with other settings or limits"),
+    },
 )
 async def register_model_config(body: ModelConfigCreate, session: SessionDep, response: Response) -> ModelConfigRead:
     """Register a config; posting an identical one again returns the existing config with 200."""
@@ -44,12 +48,12 @@ async def list_model_configs(
     return Page[ModelConfigRead](items=items, next_cursor=next_cursor)
 
 
-@router.get("/{config_id}", response_model=ModelConfigRead)
+@router.get("/{config_id}", response_model=ModelConfigRead, responses={404: problem("no such model config")})
 async def read_model_config(config_id: uuid.UUID, session: SessionDep) -> ModelConfigRead:
     return ModelConfigRead.model_validate(await service.get(session, config_id))
 
 
-@router.patch("/{config_id}", response_model=ModelConfigRead)
+@router.patch("/{config_id}", response_model=ModelConfigRead, responses={404: problem("no such model config")})
 async def update_model_config_limits(
     config_id: uuid.UUID, body: ModelConfigPatch, session: SessionDep
 ) -> ModelConfigRead:

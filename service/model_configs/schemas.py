@@ -8,7 +8,15 @@ import uuid
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -41,7 +49,8 @@ class Params(BaseModel):
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)
     top_p: float | None = Field(default=None, gt=0, le=1)
     system_prompt: str | None = Field(default=None, max_length=100_000)
-    reasoning: str | int | None = Field(
+    # strict: JSON's false is no thinking budget (pydantic would read it as 0)
+    reasoning: str | StrictInt | None = Field(
         default=None,
         description=(
             "openai / openai_compatible: an effort (none..max); anthropic: disabled, adaptive, or an effort "

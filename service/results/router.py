@@ -12,6 +12,7 @@ from service.db.models import Family
 from service.deps import SessionDep
 from service.jobs.service import get_job
 from service.pagination import Page, an_id, decode_cursor, encode_cursor
+from service.problems import NO_JOB, problem
 from service.results import agreement, responses
 from service.results.cache import ResultsCache, results_json
 from service.results.responses import ResponseItem
@@ -29,7 +30,7 @@ def results_cache(request: Request) -> ResultsCache:
     return cache
 
 
-@router.get("/{job_id}/results", response_model=Results)
+@router.get("/{job_id}/results", response_model=Results, responses=NO_JOB)
 async def job_results(
     job_id: uuid.UUID, session: SessionDep, cache: Annotated[ResultsCache, Depends(results_cache)]
 ) -> Response:
@@ -40,7 +41,7 @@ async def job_results(
     return Response(content=body, media_type="application/json")
 
 
-@router.get("/{job_id}/responses", response_model=Page[ResponseItem])
+@router.get("/{job_id}/responses", response_model=Page[ResponseItem], responses=NO_JOB)
 async def job_responses(
     job_id: uuid.UUID,
     session: SessionDep,
@@ -67,7 +68,7 @@ async def job_responses(
 @router.get(
     "/{job_id}/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}, **NO_JOB},
 )
 async def job_export(
     job_id: uuid.UUID,
@@ -87,7 +88,12 @@ async def job_export(
 _JSONL_BODY = {"application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}}
 
 
-@router.post("/{job_id}/human-labels", status_code=201, openapi_extra={"requestBody": {"content": _JSONL_BODY}})
+@router.post(
+    "/{job_id}/human-labels",
+    status_code=201,
+    openapi_extra={"requestBody": {"content": _JSONL_BODY}},
+    responses={**NO_JOB, 422: problem("a line is invalid, or names no answer of the job: `errors` gives each line")},
+)
 async def import_human_labels(job_id: uuid.UUID, request: Request, session: SessionDep) -> dict[str, int]:
     """Reviewers' labels for the job's answers (JSONL in the study's human-label format: case_id, model_slug (a
     config's name or model), reviewer, response_type, engages_with_defeat, independent_harm). All or nothing. The
@@ -99,7 +105,7 @@ async def import_human_labels(job_id: uuid.UUID, request: Request, session: Sess
     return {"imported": imported}
 
 
-@router.get("/{job_id}/agreement", response_model=agreement.Agreement)
+@router.get("/{job_id}/agreement", response_model=agreement.Agreement, responses=NO_JOB)
 async def job_agreement(job_id: uuid.UUID, session: SessionDep) -> agreement.Agreement:
     """Per dimension: Cohen's kappa, raw agreement and confusion matrix of each reviewer with the judge and with
     each other, and of the judges with each other (with Fleiss' kappa) when the job has several."""
