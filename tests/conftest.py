@@ -29,7 +29,9 @@ LOOPBACK = ["127.0.0.1", "localhost"]
 # and the variables tests leave unset to see a job fail for a missing key, to loopback alone.
 SUITE_KEY_HOSTS = {
     **{name: [*hosts, *LOOPBACK] for name, hosts in DEFAULT_KEY_HOSTS.items()},
-    **dict.fromkeys(("FAKE_PROVIDER_KEY", "NOT_SET_KEY", "NO_SUCH_KEY", "NO_JUDGE_KEY"), LOOPBACK),
+    **dict.fromkeys(
+        ("FAKE_PROVIDER_KEY", "NOT_SET_KEY", "NO_SUCH_KEY", "NO_JUDGE_KEY", "NO_KEY_A", "NO_KEY_B"), LOOPBACK
+    ),
     "OTHER_KEY": ["api.openai.com", *LOOPBACK],  # a second OpenAI key
 }
 # The suite's provider settings, for this process and (through tests/workers/processes.py `run_env`) the processes it

@@ -266,7 +266,7 @@ LEDGER_JOBS = {
 
 async def register_config(session: AsyncSession, name: str) -> uuid.UUID:
     body = ModelConfigCreate(name=name, provider=Provider.openai, model="gpt-test")
-    return (await register(session, body)).config.id
+    return (await register(session, body, Settings().providers)).config.id
 
 
 async def write_job(
