@@ -18,6 +18,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
@@ -119,6 +120,8 @@ def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
         except ValidationError as exc:
             errors = field_errors(exc.errors(include_url=False))
             raise fail(f"{errors[0]}", errors) from None
+        except SettingsError as exc:  # a DEFEATER_ variable that is not the JSON its setting takes
+            raise fail(f"a setting in the environment cannot be read: {exc}") from None
         except (OperationalError, ConnectionError, socket.gaierror) as exc:
             where = make_url(Settings().database_url).render_as_string(hide_password=True)
             raise fail(f"cannot reach the database at {where}: {getattr(exc, 'orig', None) or exc}") from None

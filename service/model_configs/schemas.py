@@ -33,12 +33,16 @@ DEFAULT_KEY_ENV: Final[dict[Provider, str | None]] = {
     Provider.google: "GEMINI_API_KEY",
     Provider.openai_compatible: None,
 }
-# names that say "a credential", compared without case, "-" or "_": refused as a key at any depth of a config (a
-# suffix too: access_token, client_secret, x-api-key). Exact names, not substrings: max_tokens is no secret.
+# names that say "a credential", compared without case, "-" or "_": refused as a key at any depth of a config, whole
+# or as the end of a name (client_secret, x-api-key, access_token). Whole names and these endings only: max_tokens,
+# a max_token typo, stop_token_ids and prompt_cache_key are parameters, not secrets.
 _SECRET_NAMES: Final = frozenset(
-    {"key", "auth", "authorization", "bearer", "cookie", "credential", "credentials", "passwd", "proxyauthorization"}
+    {"key", "token", "auth", "authorization", "bearer", "cookie", "credential", "credentials", "passwd"}
 )
-_SECRET_SUFFIXES: Final = ("apikey", "secret", "token", "password", "secretkey", "accesskey", "privatekey")
+_SECRET_SUFFIXES: Final = (
+    "apikey", "secret", "password", "secretkey", "accesskey", "privatekey", "authorization",
+    "accesstoken", "authtoken", "apitoken", "bearertoken", "refreshtoken", "sessiontoken",
+)  # fmt: skip
 _NO_KEYS: Final = (
     "refused: keys are never stored. Put the key in an environment variable or secret and give that "
     "variable's name in api_key_env"

@@ -45,8 +45,8 @@ async def test_a_secret_anywhere_in_params_is_refused_naming_its_path(
 
 
 async def test_parameters_that_only_sound_like_secrets_are_kept(client: httpx.AsyncClient) -> None:
-    extra = {"max_completion_tokens": 5, "prompt_cache_key": "run-1", "skip_special_tokens": True,
-             "thinking": {"budget_tokens": 2048}, "stop_token_ids": [1]}  # fmt: skip
+    extra = {"max_completion_tokens": 5, "prompt_cache_key": "run-1", "skip_special_tokens": True, "max_token": 5,
+             "thinking": {"budget_tokens": 2048}, "stop_token_ids": [1], "eos_token": "</s>"}  # fmt: skip
     response = await client.post("/v1/model-configs", json=BODY | {"params": {"extra_body": extra}})
     assert response.status_code == 201, response.text
     assert response.json()["params"]["extra_body"] == extra

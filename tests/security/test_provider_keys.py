@@ -225,6 +225,11 @@ def test_the_cli_refuses_them_too(env_without_defeater: dict[str, str], tmp_path
     assert created.returncode == ExitCode.ERROR and "base_url" in created.stderr + created.stdout
     listed = subprocess.run([BIN / "defeater", "configs", "list"], env=env, capture_output=True, text=True, timeout=60)
     assert "leak" not in listed.stdout and "127.0.0.1" not in listed.stdout
+    # nor can an operator's setting make the database URL a key: the command refuses to start, saying why
+    misconfigured = env | {"DEFEATER_PROVIDERS__KEY_HOSTS": '{"DEFEATER_DATABASE_URL": ["127.0.0.1"]}'}
+    refused = subprocess.run([BIN / "defeater", "configs", "list"], env=misconfigured, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert refused.returncode == ExitCode.ERROR and "DEFEATER_DATABASE_URL can never be" in refused.stderr
 
 
 # ---- refused again by the worker, before it sends ---------------------------------------------------------------
