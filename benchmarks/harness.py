@@ -111,6 +111,8 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
         "DEFEATER_DATABASE_URL": database_url,
         "DEFEATER_REDIS_URL": redis_url,
         "DEFEATER_PROVIDERS__ALLOWED_HOSTS": '["127.0.0.1"]',
+        # the fake's key, to the fake on loopback alone (docs/security.md, "Provider keys")
+        "DEFEATER_PROVIDERS__KEY_HOSTS": '{"FAKE_PROVIDER_KEY": ["127.0.0.1"]}',
         "FAKE_PROVIDER_KEY": "fake",
         # on loopback, for the measurement alone: a deployment keeps API tokens on
         "DEFEATER_AUTH__REQUIRED": "false",

@@ -44,7 +44,9 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             database_url=f"sqlite:///{tmp}/bench.db",
-            providers=ProviderSettings(allowed_hosts=["127.0.0.1"], default_max_concurrency=64),
+            providers=ProviderSettings(
+                allowed_hosts=["127.0.0.1"], key_hosts={"FAKE_PROVIDER_KEY": ["127.0.0.1"]}, default_max_concurrency=64
+            ),
         )
         engine = create_engine(settings)
         await upgrade(engine)
@@ -72,12 +74,12 @@ async def measure(rpm: int, calls: int, models: int, latency: float) -> dict[str
                         "limits": {"rpm": rpm},
                     }
                 )
-                ids.append((await register(session, body)).config.id)
+                ids.append((await register(session, body, settings.providers)).config.id)
             judge = ModelConfigCreate.model_validate(
                 {"name": "bench-judge", "provider": "openai", "model": "judge-bench", "base_url": fake.url + "/v1",
                  "api_key_env": "FAKE_PROVIDER_KEY"}
             )  # fmt: skip
-            judge_id = (await register(session, judge)).config.id
+            judge_id = (await register(session, judge, settings.providers)).config.id
             body = JobCreate(dataset_id=dataset.dataset.id, model_config_ids=ids, judge_config_ids=[judge_id])
             job = await create_job(session, body, settings)
             await session.commit()

@@ -18,6 +18,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
@@ -119,6 +120,8 @@ def command(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
         except ValidationError as exc:
             errors = field_errors(exc.errors(include_url=False))
             raise fail(f"{errors[0]}", errors) from None
+        except SettingsError as exc:  # a DEFEATER_ variable that is not the JSON its setting takes
+            raise fail(f"a setting in the environment cannot be read: {exc}") from None
         except (OperationalError, ConnectionError, socket.gaierror) as exc:
             where = make_url(Settings().database_url).render_as_string(hide_password=True)
             raise fail(f"cannot reach the database at {where}: {getattr(exc, 'orig', None) or exc}") from None
@@ -286,9 +289,10 @@ async def configs_register(
 
     Every config is checked before any is registered; a problem names its line of the file."""
     bodies = load_configs(file)
+    providers = Settings().providers
     async with local_session() as session:
         for body in bodies:
-            registered = await configs.register(session, body)
+            registered = await configs.register(session, body, providers)
             state = "registered" if registered.created else "already registered"
             out.print(f"{state}: {registered.config.name} ({registered.config.id})")
         await session.commit()
@@ -354,9 +358,11 @@ async def create_job_from_flags(session: AsyncSession, flags: JobFlags, settings
     if not flags.model and not flags.config:
         raise ValidationFailed("give at least one --model provider:model or --config NAME")
     ds = await datasets.resolve(session, flags.dataset)
-    targets = [str((await configs.register(session, parse_model_spec(m))).config.id) for m in flags.model]
+    targets = [
+        str((await configs.register(session, parse_model_spec(m), settings.providers)).config.id) for m in flags.model
+    ]
     targets += [str((await configs.resolve(session, c)).id) for c in flags.config]
-    judges = [await _judge_id(session, j) for j in flags.judge] or None
+    judges = [await _judge_id(session, j, settings) for j in flags.judge] or None
     filters = JobFilters(
         families=flags.family or None,
         authority_types=flags.authority or None,
@@ -409,12 +415,12 @@ async def jobs_create(
     print_status(status)
 
 
-async def _judge_id(session: AsyncSession, ref: str) -> str:
+async def _judge_id(session: AsyncSession, ref: str, settings: Settings) -> str:
     if ":" in ref:
         try:
             return str((await configs.resolve(session, ref)).id)
         except DefeaterError:
-            return str((await configs.register(session, parse_model_spec(ref))).config.id)
+            return str((await configs.register(session, parse_model_spec(ref), settings.providers)).config.id)
     return str((await configs.resolve(session, ref)).id)
 
 

@@ -26,7 +26,8 @@ from workers.executor.embedded import EmbeddedExecutor
 from workers.providers.fake import FakeConfig, FakeProvider
 from workers.tasks import Runtime
 
-KEY_ENV = "DEFEATER_DEMO_KEY"
+# the demo's key variable: allowed to reach loopback alone (no DEFEATER_* variable can ever be a key)
+KEY_ENV = "DEMO_PROVIDER_KEY"
 # three simulated models with different temperaments, one per wire format, and a simulated judge
 MODELS = {
     "demo-openai": ("openai", "fake-gpt", "/v1", {"helps": 0.12, "hard_refusal": 0.08, "deflection": 0.8}),
@@ -51,7 +52,10 @@ async def demo_command(
     ledger_path = demo_ledger()
     settings = Settings(
         database_url=f"sqlite:///{ledger_path}",
-        providers=ProviderSettings(allowed_hosts=["127.0.0.1"], default_max_concurrency=48),
+        # the fake on loopback is the only host called, with the demo's key alone
+        providers=ProviderSettings(
+            allowed_hosts=["127.0.0.1"], key_hosts={KEY_ENV: ["127.0.0.1"]}, default_max_concurrency=48
+        ),
     )
     profiles = {model: {**shares, "reasoning": name != "demo-openai"} for name, (_, model, _, shares) in MODELS.items()}
     fake_config = FakeConfig(models=profiles, latency={"distribution": "lognormal", "mean_s": 0.25, "spread": 0.5})
@@ -60,10 +64,11 @@ async def demo_command(
         async with sessionmaker() as session:
             starter = await ensure_starter(session)
             targets = [
-                (await register(session, _config(name, provider, model, fake.url + path))).config.id
+                (await register(session, _config(name, provider, model, fake.url + path), settings.providers)).config.id
                 for name, (provider, model, path, _) in MODELS.items()
             ]
-            judge = (await register(session, _config("demo-judge", "openai", "judge-fake", fake.url + "/v1"))).config
+            judge_body = _config("demo-judge", "openai", "judge-fake", fake.url + "/v1")
+            judge = (await register(session, judge_body, settings.providers)).config
             body = JobCreate(dataset_id=starter.id, model_config_ids=targets, judge_config_ids=[judge.id])
             job = (await jobs.create_job(session, body, settings)).job
             await session.commit()

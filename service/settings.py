@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# a Host (or an allowed_hosts entry): a name, an IPv4 address or a bracketed IPv6 one, and an optional port
+HOST_PATTERN = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?")
+MIB = 1024 * 1024
 
 
 def default_database_url() -> str:
@@ -58,8 +65,88 @@ class JobLimits(BaseModel):
     max_requests: int = Field(default=2_000_000, ge=1)
 
 
+# where each provider's SDK sends its calls when a config names no base_url (the registry passes these to the SDKs
+# explicitly, so that the host checked below is the host called, whatever OPENAI_BASE_URL and the like say)
+DEFAULT_BASE_URLS: Final = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "google": "https://generativelanguage.googleapis.com",
+}
+# which key variables a config may name, and the hosts each may be sent to, when an operator sets nothing: the
+# official providers' usual variables, to their own hosts
+DEFAULT_KEY_HOSTS: Final = {
+    "OPENAI_API_KEY": ("api.openai.com",),
+    "ANTHROPIC_API_KEY": ("api.anthropic.com",),
+    "GEMINI_API_KEY": ("generativelanguage.googleapis.com",),
+    "GOOGLE_API_KEY": ("generativelanguage.googleapis.com",),
+}
+# variables that are never a key, whatever providers.key_hosts says: the service's own settings (its database URL,
+# webhook secret, ...) and the system's
+_NEVER_KEYS: Final = frozenset({"PATH", "HOME", "PWD", "USER", "SHELL", "PYTHONPATH", "LD_PRELOAD", "LD_LIBRARY_PATH"})
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def never_a_key(name: str) -> bool:
+    """Whether a variable may never be sent as a provider key: any ``DEFEATER_*`` variable, ``PATH`` and the like."""
+    upper = name.upper()
+    return upper.startswith("DEFEATER_") or upper in _NEVER_KEYS
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a config may not call where it says: the field to blame (``api_key_env`` or ``base_url``) and why."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The host and port a URL connects to."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, url: str) -> Target | None:
+        """The target of an http(s) URL; None for one a client could read differently (credentials, backslashes)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or "\\" in url:
+            return None
+        return cls(parts.hostname, port)
+
+    def within(self, entries: Iterable[str]) -> bool:
+        """Whether an entry (``name``: any port; ``name:port``: that port) names this target."""
+        for entry in entries:
+            match = HOST_PATTERN.fullmatch(entry)
+            if match is None or match["name"].strip("[]") != self.host:
+                continue
+            if match["port"] is None or int(match["port"]) == self.port:
+                return True
+        return False
+
+
+def _host_entries(hosts: list[str]) -> list[str]:
+    """Host entries, lower-cased; each must be ``name`` or ``name:port`` (no scheme, no path)."""
+    entries = [host.strip().lower() for host in hosts]
+    for entry in entries:
+        if HOST_PATTERN.fullmatch(entry) is None:
+            raise ValueError(f"{entry!r} is not a host name or address with an optional :port (no scheme, no path)")
+    return entries
+
+
 class ProviderSettings(BaseModel):
-    """How the workers call providers."""
+    """How the workers call providers, and where a config may send which key (docs/security.md, "Provider keys").
+
+    ``key_hosts``: the key variables a config may name in ``api_key_env``, each with the hosts (``name`` or
+    ``name:port``) its value may be sent to. Set, it replaces the default (``DEFAULT_KEY_HOSTS``) whole.
+    ``keyless_hosts``: the hosts a config without a key (an OpenAI-compatible server without auth) may call.
+    ``allowed_hosts``: when not empty, this process calls only these hosts, whatever the two above allow.
+    """
 
     timeout_s: float = Field(default=300.0, gt=0)
     # connections (so calls in flight) per provider endpoint and key, in one process
@@ -69,9 +156,62 @@ class ProviderSettings(BaseModel):
     default_max_concurrency: int = Field(default=32, ge=1)
     # pace at this share of a configured RPM / TPM limit, to stay clear of the provider's own window edges
     rate_safety: float = Field(default=0.99, gt=0, le=1)
+    key_hosts: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_KEY_HOSTS.items()})
+    keyless_hosts: list[str] = Field(default_factory=list)
     # when not empty, calls go only to these hosts (tests and the demo allow loopback only)
     allowed_hosts: list[str] = Field(default_factory=list)
     prices_file: str | None = None
+
+    @field_validator("key_hosts")
+    @classmethod
+    def _key_hosts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in value:
+            if _KEY_NAME.fullmatch(name) is None:
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if never_a_key(name):
+                raise ValueError(f"{name} can never be a provider key: it holds the service's or system's settings")
+        return {name: _host_entries(hosts) for name, hosts in value.items()}
+
+    @field_validator("keyless_hosts", "allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return _host_entries(value)
+
+    def refusal(self, provider: str, base_url: str | None, api_key_env: str | None) -> Refusal | None:
+        """Why a config of ``provider`` may not send ``api_key_env``'s value to ``base_url`` (None: it may). The one
+        rule: the API applies it when a config is registered, a worker again before it sends (``allowed_hosts``, a
+        worker's own fence, is the worker's alone). It reads no environment: it tells nothing of which variables
+        are set."""
+        if api_key_env is not None and never_a_key(api_key_env):
+            return Refusal("api_key_env", f"{api_key_env} can never be a provider key: it holds the service's or the "
+                                          "system's own settings")  # fmt: skip
+        url = base_url or DEFAULT_BASE_URLS.get(provider)
+        target = Target.of(url) if url else None
+        if target is None:
+            return Refusal("base_url", "an http(s) URL with a host and no user:password@ part is required")
+        if api_key_env is None:
+            if target.within(self.keyless_hosts):
+                return None
+            allowed = ", ".join(self.keyless_hosts) or "none: providers.keyless_hosts is empty"
+            return Refusal("base_url", f"a config without api_key_env may call only these hosts: {allowed}")
+        hosts = self.key_hosts.get(api_key_env)
+        if hosts is None:
+            named = ", ".join(sorted(self.key_hosts)) or "none"
+            return Refusal("api_key_env", f"{api_key_env} is not a key variable this service lets configs use "
+                                          f"(providers.key_hosts names {named})")  # fmt: skip
+        if target.within(hosts):
+            return None
+        return Refusal(
+            "base_url" if base_url else "api_key_env",
+            f"{api_key_env} may be sent only to {', '.join(hosts) or 'no host'}, not to {target.host}",
+        )
+
+    def fenced_out(self, url: str) -> str | None:
+        """The host of ``url`` when this process's ``allowed_hosts`` does not let it be called, else None."""
+        target = Target.of(url)
+        if not self.allowed_hosts or (target is not None and target.within(self.allowed_hosts)):
+            return None
+        return target.host if target is not None else url
 
 
 class ExecutorSettings(BaseModel):
@@ -130,11 +270,6 @@ class AuthSettings(BaseModel):
 
     required: bool | None = None
     allow_open_non_loopback: bool = False
-
-
-# a Host (or an allowed_hosts entry): a name, an IPv4 address or a bracketed IPv6 one, and an optional port
-HOST_PATTERN = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?")
-MIB = 1024 * 1024
 
 
 class ApiSettings(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,13 +18,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from service.app import create_app
 from service.db.migrate import upgrade
 from service.db.session import create_engine
-from service.settings import AuthSettings, Settings
+from service.settings import DEFAULT_KEY_HOSTS, AuthSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_DIR = Path(os.environ.get("DEFEATER_STUDY_DATA", ROOT.parent / "shared" / "data" / "blind-refusal"))
 POSTGRES_ADMIN_URL = os.environ.get("DEFEATER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-# Nothing in the tests may reach a real provider: the adapters refuse any host but loopback.
-os.environ["DEFEATER_PROVIDERS__ALLOWED_HOSTS"] = '["127.0.0.1", "localhost"]'
+LOOPBACK = ["127.0.0.1", "localhost"]
+# Where configs may send which key (docs/security.md, "Provider keys"): the official variables to their own hosts (so
+# a config without a base_url registers; no call goes there, see below) and to the fake on loopback; the fake's key,
+# and the variables tests leave unset to see a job fail for a missing key, to loopback alone.
+SUITE_KEY_HOSTS = {
+    **{name: [*hosts, *LOOPBACK] for name, hosts in DEFAULT_KEY_HOSTS.items()},
+    **dict.fromkeys(
+        ("FAKE_PROVIDER_KEY", "NOT_SET_KEY", "NO_SUCH_KEY", "NO_JUDGE_KEY", "NO_KEY_A", "NO_KEY_B"), LOOPBACK
+    ),
+    "OTHER_KEY": ["api.openai.com", *LOOPBACK],  # a second OpenAI key
+}
+# The suite's provider settings, for this process and (through tests/workers/processes.py `run_env`) the processes it
+# starts. Nothing in the tests may reach a real provider: the adapters refuse any host but loopback.
+PROVIDER_ENV = {
+    "DEFEATER_PROVIDERS__ALLOWED_HOSTS": json.dumps(LOOPBACK),
+    "DEFEATER_PROVIDERS__KEY_HOSTS": json.dumps(SUITE_KEY_HOSTS),
+    "DEFEATER_PROVIDERS__KEYLESS_HOSTS": json.dumps(LOOPBACK),
+}
+os.environ.update(PROVIDER_ENV)
 os.environ["FAKE_PROVIDER_KEY"] = "fake-key-not-a-secret"
 # The suite starts `defeater` and the fake as subprocesses hundreds of times: let them keep the project's compiled
 # modules (a machine that sets PYTHONDONTWRITEBYTECODE otherwise has each start compile them all again, ~1 s a start)

@@ -266,7 +266,7 @@ LEDGER_JOBS = {
 
 async def register_config(session: AsyncSession, name: str) -> uuid.UUID:
     body = ModelConfigCreate(name=name, provider=Provider.openai, model="gpt-test")
-    return (await register(session, body)).config.id
+    return (await register(session, body, Settings().providers)).config.id
 
 
 async def write_job(
@@ -489,6 +489,21 @@ def test_secrets_are_referenced_by_name_and_key() -> None:
     api_env = {var["name"] for m, var in env_vars() if m == workload("api")}
     assert provider_keys <= worker_env
     assert not provider_keys & api_env, "the api calls no provider: it gets no keys"
+
+
+def test_every_provider_key_the_workers_get_may_be_sent_somewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key in the workers' environment that the key rules do not list could never be used: the two lists agree."""
+    for key, value in configmap().items():
+        monkeypatch.setenv(key, value)
+    key_hosts = Settings().providers.key_hosts
+    worker_keys = {
+        ref["key"]
+        for m, var in env_vars()
+        if m == workload("worker")
+        if (ref := var.get("valueFrom", {}).get("secretKeyRef", {})).get("name") == "defeater-provider-keys"
+    }
+    assert worker_keys and worker_keys <= set(key_hosts)
+    assert all(hosts for hosts in key_hosts.values())
 
 
 def test_example_secret_has_placeholders_and_every_referenced_key() -> None:

@@ -37,3 +37,15 @@ def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     settings = Settings()
     assert settings.imports.max_bytes == 2048 and settings.default_judge.model == "judge-x"
     assert not settings.embedded and not settings.should_auto_migrate
+
+
+def test_the_key_rules_come_from_the_environment_and_replace_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFEATER_PROVIDERS__KEY_HOSTS", '{"Team_Key": ["API.example.com", "10.0.0.5:8000"]}')
+    monkeypatch.setenv("DEFEATER_PROVIDERS__KEYLESS_HOSTS", '["[::1]"]')
+    providers = Settings().providers
+    assert providers.key_hosts == {"Team_Key": ["api.example.com", "10.0.0.5:8000"]}  # a variable's case is kept
+    assert providers.refusal("openai", "https://api.example.com/v1", "Team_Key") is None
+    assert providers.refusal("openai", "http://10.0.0.5:8000/v1", "Team_Key") is None
+    assert providers.refusal("openai", "http://10.0.0.5:8001/v1", "Team_Key") is not None  # another port
+    assert providers.refusal("openai", None, "OPENAI_API_KEY") is not None  # the defaults are gone
+    assert providers.refusal("openai_compatible", "http://[::1]:8000/v1", None) is None

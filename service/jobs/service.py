@@ -149,7 +149,7 @@ async def _plan(session: AsyncSession, body: JobCreate, settings: Settings) -> _
         raise ValidationFailed(f"dataset_id: {exc.detail}", [FieldError("dataset_id", exc.detail)]) from None
     targets = await _configs(session, body.model_config_ids, "model_config_ids")
     if body.judge_config_ids is None:
-        judges = [(await configs.register(session, configs.default_judge_body(settings.default_judge))).config]
+        judges = [await configs.register_default_judge(session, settings)]
     else:
         judges = await _configs(session, body.judge_config_ids, "judge_config_ids")
     cases = await _cases(session, dataset.id, body.filters)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.deps import SessionDep
+from service.deps import SessionDep, SettingsDep
 from service.model_configs import repository, service
 from service.model_configs.schemas import ModelConfigCreate, ModelConfigPatch, ModelConfigRead
 from service.pagination import Page, decode_cursor, encode_cursor, text
@@ -25,9 +25,15 @@ router = APIRouter(prefix="/v1/model-configs", tags=["model configs"])
         409: problem("the name is taken by a config with other settings or limits"),
     },
 )
-async def register_model_config(body: ModelConfigCreate, session: SessionDep, response: Response) -> ModelConfigRead:
-    """Register a config; posting an identical one again returns the existing config with 200."""
-    registered = await service.register(session, body)
+async def register_model_config(
+    body: ModelConfigCreate, session: SessionDep, settings: SettingsDep, response: Response
+) -> ModelConfigRead:
+    """Register a config; posting an identical one again returns the existing config with 200.
+
+    ``api_key_env`` must be a variable the operator lets configs use, and ``base_url`` one of the hosts its key may be
+    sent to (a config without a key: a host the operator lets such configs call); anything else is a 422 naming the
+    field (docs/security.md, "Provider keys")."""
+    registered = await service.register(session, body, settings.providers)
     await session.commit()
     if not registered.created:
         response.status_code = 200

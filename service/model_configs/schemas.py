@@ -15,6 +15,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     StrictInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -33,7 +34,16 @@ DEFAULT_KEY_ENV: Final[dict[Provider, str | None]] = {
     Provider.google: "GEMINI_API_KEY",
     Provider.openai_compatible: None,
 }
-_SECRET_FIELDS: Final = ("api_key", "key", "secret", "token", "password", "authorization")
+# names that say "a credential", compared without case, "-" or "_": refused as a key at any depth of a config, whole
+# or as the end of a name (client_secret, x-api-key, access_token). Whole names and these endings only: max_tokens,
+# a max_token typo, stop_token_ids and prompt_cache_key are parameters, not secrets.
+_SECRET_NAMES: Final = frozenset(
+    {"key", "token", "auth", "authorization", "bearer", "cookie", "credential", "credentials", "passwd"}
+)
+_SECRET_SUFFIXES: Final = (
+    "apikey", "secret", "password", "secretkey", "accesskey", "privatekey", "authorization",
+    "accesstoken", "authtoken", "apitoken", "bearertoken", "refreshtoken", "sessiontoken",
+)  # fmt: skip
 _NO_KEYS: Final = (
     "refused: keys are never stored. Put the key in an environment variable or secret and give that "
     "variable's name in api_key_env"
@@ -95,16 +105,14 @@ class ModelConfigCreate(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _no_secrets(cls, data: Any, handler: ModelWrapValidatorHandler[ModelConfigCreate]) -> ModelConfigCreate:
-        if isinstance(data, dict):
-            present = [name for name in _SECRET_FIELDS if data.get(name) is not None]
-            if present:
-                raise ValidationError.from_exception_data(
-                    cls.__name__,
-                    [
-                        {"type": PydanticCustomError("secret", _NO_KEYS), "loc": (name,), "input": "<hidden>"}
-                        for name in present
-                    ],
-                )
+        """A secret-looking key anywhere in the body (``api_key``, ``params.extra_body.headers.Authorization``) is
+        refused, each naming its full path, before anything else is read: keys are never stored or shown."""
+        found = secret_paths(data)
+        if found:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [{"type": PydanticCustomError("secret", _NO_KEYS), "loc": loc, "input": "<hidden>"} for loc in found],
+            )
         return handler(data)
 
     @model_validator(mode="after")
@@ -129,6 +137,61 @@ class ModelConfigCreate(BaseModel):
     def definition_hash(self) -> str:
         """Hash of the whole registration: the same body posted again finds the same config."""
         return _digest(self.model_dump(mode="json", exclude_none=True))
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key's name says it holds a credential (``api_key``, ``X-Api-Key``, ``Authorization``, ``token``)."""
+    bare = "".join(ch for ch in name.lower() if ch.isalnum())
+    return bare in _SECRET_NAMES or bare.endswith(_SECRET_SUFFIXES)
+
+
+def _children(node: Any) -> list[tuple[str | int, Any]]:
+    if isinstance(node, dict):
+        return list(node.items())
+    return list(enumerate(node)) if isinstance(node, list) else []
+
+
+def secret_paths(value: Any) -> list[tuple[str | int, ...]]:
+    """The path of every secret-looking key in a JSON value, at any depth (a loop, not recursion: a body nested
+    thousands deep is answered, not a RecursionError)."""
+    found: list[tuple[str | int, ...]] = []
+    # each path a linked list (parent, key), spelt out only when a secret is found: deep nesting stays linear
+    stack: list[tuple[Any, Any]] = [(None, value)]
+    while stack:
+        path, node = stack.pop()
+        for key, child in reversed(_children(node)):
+            if isinstance(key, str) and is_secret_name(key):
+                found.append(_spelt((path, key)))
+            else:
+                stack.append(((path, key), child))
+    return found
+
+
+def _spelt(path: Any) -> tuple[str | int, ...]:
+    keys: list[str | int] = []
+    while path is not None:
+        path, key = path
+        keys.append(key)
+    return tuple(reversed(keys))
+
+
+def hide_secrets(value: Any) -> Any:
+    """A copy of a JSON value with every secret-looking key's value replaced by ``<hidden>`` (configs stored before
+    such keys were refused at any depth are shown without them)."""
+    root = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        node = parent[key]
+        if isinstance(node, dict | list):
+            copy: Any = dict(node) if isinstance(node, dict) else list(node)
+            parent[key] = copy
+            for child_key, _ in _children(copy):
+                if isinstance(child_key, str) and is_secret_name(child_key):
+                    copy[child_key] = "<hidden>"
+                else:
+                    stack.append((copy, child_key))
+    return root[0]
 
 
 def _digest(value: Any) -> str:
@@ -207,3 +270,9 @@ class ModelConfigRead(BaseModel):
     params: dict[str, Any]
     limits: dict[str, Any]
     created_at: datetime
+
+    @field_validator("params")
+    @classmethod
+    def _hidden(cls, value: dict[str, Any]) -> dict[str, Any]:
+        hidden: dict[str, Any] = hide_secrets(value)
+        return hidden

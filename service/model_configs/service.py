@@ -14,7 +14,7 @@ from service.errors import Conflict, FieldError, NotFound, ValidationFailed, fie
 from service.model_configs import repository
 from service.model_configs.repository import get_by_name
 from service.model_configs.schemas import Limits, ModelConfigCreate, ModelConfigPatch, Params, provider_problems
-from service.settings import DefaultJudge
+from service.settings import DefaultJudge, ProviderSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,20 @@ class Registered:
     created: bool
 
 
-async def register(session: AsyncSession, body: ModelConfigCreate) -> Registered:
-    """Store a new config, or return the one registered with the same body. Flushes; the caller commits."""
+async def register(session: AsyncSession, body: ModelConfigCreate, providers: ProviderSettings) -> Registered:
+    """Store a new config, or return the one registered with the same body. Flushes; the caller commits.
+
+    A config whose key variable may not be sent to its host (``providers.key_hosts``) is refused, naming the field:
+    the worker would refuse it anyway, and a refusal now tells whoever sent it at once."""
     problems = provider_problems(body)
     if problems:
         raise ValidationFailed(f"the config does not fit provider {body.provider.value}: {problems[0]}", problems)
+    refusal = providers.refusal(body.provider.value, body.base_url, body.api_key_env)
+    if refusal is not None:
+        raise ValidationFailed(
+            f"model config {body.name!r} may not call where it says: {refusal.field}: {refusal.message}",
+            [FieldError(refusal.field, refusal.message)],
+        )
     existing = await get_by_name(session, body.name)
     if existing is not None:
         return _same_or_conflict(existing, body)
@@ -121,6 +130,16 @@ async def resolve(session: AsyncSession, ref: str) -> ModelConfig:
         known = await repository.names(session)
         raise NotFound(unknown_value("model config", ref, known))
     return config
+
+
+async def register_default_judge(session: AsyncSession, settings: Settings) -> ModelConfig:
+    """The service's default judge, registered on first use; one the provider rules refuse (an operator's
+    ``default_judge`` and ``providers.key_hosts`` that disagree) is a 422 naming ``judge_config_ids``."""
+    try:
+        return (await register(session, default_judge_body(settings.default_judge), settings.providers)).config
+    except ValidationFailed as exc:
+        message = f"the service's default judge cannot be used ({exc.detail}); name a judge"
+        raise ValidationFailed(message, [FieldError("judge_config_ids", message)]) from None
 
 
 def default_judge_body(judge: DefaultJudge) -> ModelConfigCreate:

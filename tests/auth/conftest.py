@@ -72,7 +72,8 @@ class World:
 async def world(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> World:
     async with sessionmaker() as session:
         starter = await ensure_starter(session)
-        config = (await register(session, ModelConfigCreate(name="existing", provider="openai", model="m"))).config
+        body = ModelConfigCreate(name="existing", provider="openai", model="m")
+        config = (await register(session, body, settings.providers)).config
         body = JobCreate(dataset_id=starter.id, model_config_ids=[config.id], filters=JobFilters(limit=2))
         job = (await create_job(session, body, settings)).job
         await session.commit()

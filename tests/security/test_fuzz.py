@@ -71,7 +71,10 @@ class LiveApi:
         return Settings(
             database_url=database_url,
             auth=AuthSettings(required=self.tokens),
-            providers=ProviderSettings(allowed_hosts=LOOPBACK),
+            # no generated config may even be stored pointing off this machine, with a key or without
+            providers=ProviderSettings(
+                allowed_hosts=LOOPBACK, key_hosts={"FAKE_PROVIDER_KEY": LOOPBACK}, keyless_hosts=LOOPBACK
+            ),
             webhook_secret=None,
         )
 

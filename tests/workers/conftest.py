@@ -102,8 +102,8 @@ class JobMaker:
             await session.commit()
             return created.job.id
 
-    @staticmethod
     async def _register(
+        self,
         session: AsyncSession,
         fake: FakeProvider,
         provider: str,
@@ -123,7 +123,7 @@ class JobMaker:
                 "limits": limits or {},
             }
         )
-        return (await register(session, body)).config.id
+        return (await register(session, body, self.settings.providers)).config.id
 
 
 @pytest.fixture

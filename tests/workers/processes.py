@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import PROVIDER_ENV
+
 BIN = Path(sys.executable).parent
 
 
@@ -61,7 +63,7 @@ def run_env(env_without_defeater: dict[str, str]) -> dict[str, str]:
         "OPENAI_API_KEY": "fake-key",
         "ANTHROPIC_API_KEY": "fake-key",
         "GEMINI_API_KEY": "fake-key",
-        "DEFEATER_PROVIDERS__ALLOWED_HOSTS": '["127.0.0.1"]',
+        **PROVIDER_ENV,
     }
 
 

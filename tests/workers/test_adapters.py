@@ -21,11 +21,17 @@ PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "google":
 WIRES = [("openai", "chat"), ("openai", "responses"), ("openai_compatible", "chat"), ("anthropic", "chat"),
          ("google", "chat")]  # fmt: skip
 REASONING = {"openai": "high", "openai_compatible": "high", "anthropic": "adaptive", "google": "high"}
+# calls to loopback alone, with the test's key (or, unset, NOT_SET_ANYWHERE), or none
+LOOPBACK_ONLY: Any = {
+    "allowed_hosts": ["127.0.0.1"],
+    "key_hosts": {"KEY": ["127.0.0.1"], "NOT_SET_ANYWHERE": ["127.0.0.1"]},
+    "keyless_hosts": ["127.0.0.1"],
+}
 
 
 @pytest.fixture
 async def adapters() -> AsyncIterator[Adapters]:
-    pool = Adapters(ProviderSettings(timeout_s=2.0, allowed_hosts=["127.0.0.1"]), {"KEY": "k"})
+    pool = Adapters(ProviderSettings(timeout_s=2.0, **LOOPBACK_ONLY), {"KEY": "k"})
     yield pool
     await pool.aclose()
 
@@ -152,8 +158,7 @@ async def test_errors_survive_pickling() -> None:
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])
 async def test_calls_in_flight_spread_over_clients_with_small_pools(provider: str) -> None:
-    settings = ProviderSettings(timeout_s=10.0, allowed_hosts=["127.0.0.1"], max_connections=12,
-                                connections_per_client=4)  # fmt: skip
+    settings = ProviderSettings(timeout_s=10.0, max_connections=12, connections_per_client=4, **LOOPBACK_ONLY)
     pool = Adapters(settings, {"KEY": "k"})
     config = FakeConfig(latency={"distribution": "fixed", "mean_s": 0.5})
     try:
@@ -173,8 +178,7 @@ async def test_calls_in_flight_spread_over_clients_with_small_pools(provider: st
 
 
 async def test_a_pool_never_makes_more_clients_than_its_connections_allow() -> None:
-    settings = ProviderSettings(timeout_s=10.0, allowed_hosts=["127.0.0.1"], max_connections=6,
-                                connections_per_client=4)  # fmt: skip
+    settings = ProviderSettings(timeout_s=10.0, max_connections=6, connections_per_client=4, **LOOPBACK_ONLY)
     pool = Adapters(settings, {"KEY": "k"})
     config = FakeConfig(latency={"distribution": "fixed", "mean_s": 0.3})
     try:

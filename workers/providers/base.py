@@ -156,7 +156,9 @@ class AdapterOptions:
 
     def http_options(self) -> dict[str, Any]:
         """Keyword arguments for the adapter's httpx client: pool, timeout and the shared TLS context."""
-        options: dict[str, Any] = {"limits": self.limits(), "timeout": self.timeout()}
+        # no redirects: a host allowed to receive a key could pass the call (and a key in a header of its own, such
+        # as x-api-key, which a redirect keeps) on to one that is not
+        options: dict[str, Any] = {"limits": self.limits(), "timeout": self.timeout(), "follow_redirects": False}
         if self.ssl_context is not None:
             options["verify"] = self.ssl_context
         return options

@@ -25,6 +25,8 @@ PERMISSION = "permission_denied"
 NOT_FOUND = "not_found"
 MISSING_KEY = "missing_key"
 HOST_NOT_ALLOWED = "host_not_allowed"
+# the config names a key variable that may not be sent to its host (providers.key_hosts)
+KEY_NOT_ALLOWED = "key_not_allowed"
 PROVIDER_ERROR = "provider_error"
 
 _TRANSIENT = {SERVER_ERROR, OVERLOADED, TIMEOUT, CONNECTION, MALFORMED}

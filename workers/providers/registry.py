@@ -7,20 +7,13 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx2
 
-from service.settings import ProviderSettings
+from service.settings import DEFAULT_BASE_URLS, ProviderSettings
 from workers.providers import errors as e
 from workers.providers.base import Adapter, AdapterOptions, ProviderError
 from workers.providers.pool import PooledAdapter
-
-DEFAULT_BASE_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "google": "https://generativelanguage.googleapis.com",
-}
 
 
 @dataclass(frozen=True)
@@ -58,17 +51,29 @@ class Adapters:
         return adapter
 
     def unusable(self, endpoint: Endpoint) -> ProviderError | None:
-        """Why this process cannot call the endpoint at all (its host is not allowed here, or its key is not in the
-        environment), or None: known before any call, so that a job can fail before it pays for one."""
-        url = endpoint.base_url or DEFAULT_BASE_URLS.get(endpoint.provider, "")
-        host = urlparse(url).hostname or ""
-        if self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
+        """Why this process cannot call the endpoint at all, or None: known before any call, so that a job can fail
+        before it pays for one. In order: its host is outside this process's ``allowed_hosts``; its key variable may
+        not be sent there (``ProviderSettings.refusal``, the rule the API applied when the config was registered:
+        checked again for a config stored before the rule, or before the operator changed it); its key is not in the
+        environment. Only a variable the operator lets configs use ever gets to the last check, so ``missing_key``
+        tells nothing the operator did not publish."""
+        host = self.settings.fenced_out(self.url(endpoint))
+        if host is not None:
             return ProviderError(e.HOST_NOT_ALLOWED, f"calls to {host!r} are not allowed here")
+        refusal = self.settings.refusal(endpoint.provider, endpoint.base_url, endpoint.api_key_env)
+        if refusal is not None:
+            reason = e.KEY_NOT_ALLOWED if endpoint.api_key_env else e.HOST_NOT_ALLOWED
+            return ProviderError(reason, f"{refusal.field}: {refusal.message}")
         if endpoint.api_key_env is not None and not self.environ.get(endpoint.api_key_env):
             return ProviderError(
                 e.MISSING_KEY, f"the environment variable {endpoint.api_key_env} holding the API key is not set"
             )
         return None
+
+    @staticmethod
+    def url(endpoint: Endpoint) -> str:
+        """Where the endpoint's calls go: its base_url, or its provider's official one."""
+        return endpoint.base_url or DEFAULT_BASE_URLS.get(endpoint.provider, "")
 
     def _build(self, endpoint: Endpoint) -> Adapter:
         problem = self.unusable(endpoint)
@@ -77,7 +82,9 @@ class Adapters:
         if self._ssl_context is None:
             self._ssl_context = httpx2.create_ssl_context()
         options = AdapterOptions(
-            base_url=endpoint.base_url,
+            # always explicit: an SDK given none would read OPENAI_BASE_URL (and the like) from the environment, and
+            # call a host that `unusable` did not check
+            base_url=self.url(endpoint),
             api_key=self._key(endpoint),
             timeout_s=self.settings.timeout_s,
             max_connections=self.settings.max_connections,
