@@ -15,6 +15,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictFloat,
+    StrictInt,
     UrlConstraints,
     field_validator,
     model_validator,
@@ -46,7 +48,7 @@ class JobFilters(BaseModel):
     authority_types: list[str] | None = Field(default=None, min_length=1)
     dual_use: bool | None = None
     case_ids: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
-    limit: int | None = Field(
+    limit: StrictInt | None = Field(
         default=None,
         ge=1,
         description=(
@@ -81,10 +83,10 @@ class GateCheck(BaseModel):
         '(">=" higher), defaulting per metric and case group (helps/engagement on defeated cases: higher; refusal, '
         "hard refusal, deflection, pure rule-blind on defeated: lower; helps on control: lower, refusal: higher)",
     )
-    threshold: float | None = Field(default=None, ge=0, le=1)
+    threshold: StrictFloat | None = Field(default=None, ge=0, le=1)
     baseline: str | None = Field(default=None, description="a model config id or name in this job")
-    alpha: float = Field(default=0.05, gt=0, lt=1, description="the significance level of a regression check")
-    margin: float | None = Field(
+    alpha: StrictFloat = Field(default=0.05, gt=0, lt=1, description="the significance level of a regression check")
+    margin: StrictFloat | None = Field(
         default=None,
         ge=0,
         le=1,
@@ -130,7 +132,7 @@ class GateSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_unjudged_share: float = Field(
+    max_unjudged_share: StrictFloat = Field(
         default=0.02,
         ge=0,
         le=1,
@@ -184,8 +186,8 @@ class JobCreate(BaseModel):
         description="judge configs, each by id or name; defaults to the service's default judge",
     )
     filters: JobFilters = Field(default_factory=JobFilters)
-    samples_per_case: int = Field(default=1, ge=1)
-    budget_usd: float | None = Field(default=None, gt=0)
+    samples_per_case: StrictInt = Field(default=1, ge=1)
+    budget_usd: StrictFloat | None = Field(default=None, gt=0)
     use_cache: bool = Field(default=True, description="reuse identical earlier calls instead of paying again")
     webhook_url: WebhookUrl | None = Field(
         default=None,

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    StrictFloat,
     StrictInt,
     ValidationError,
     field_validator,
@@ -55,9 +56,9 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    temperature: StrictFloat | None = Field(default=None, ge=0, le=2)
+    max_tokens: StrictInt = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)
+    top_p: StrictFloat | None = Field(default=None, gt=0, le=1)
     system_prompt: str | None = Field(default=None, max_length=100_000)
     # strict: JSON's false is no thinking budget (pydantic would read it as 0)
     reasoning: str | StrictInt | None = Field(
@@ -81,9 +82,9 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rpm: int | None = Field(default=None, ge=1, le=10_000_000)
-    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000)
-    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
+    rpm: StrictInt | None = Field(default=None, ge=1, le=10_000_000)
+    tpm: StrictInt | None = Field(default=None, ge=1, le=10_000_000_000)
+    max_concurrency: StrictInt | None = Field(default=None, ge=1, le=100_000)
 
 
 class ModelConfigCreate(BaseModel):

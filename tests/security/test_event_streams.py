@@ -34,7 +34,7 @@ from service.jobs.schemas import JobCreate, JobFilters
 from service.jobs.service import cancel_job, create_job, get_job
 from service.model_configs.schemas import ModelConfigCreate
 from service.model_configs.service import register
-from service.settings import AuthSettings, EventSettings, Settings
+from service.settings import AuthSettings, EventSettings, ProviderSettings, Settings
 
 BIN = Path(sys.executable).parent
 
@@ -97,7 +97,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
             await asyncio.sleep(0.02)
         async with app.state.sessionmaker() as session:
             starter = await ensure_starter(session)
-            config_id = (await register(session, ModelConfigCreate(name="m", provider="openai", model="m"))).config.id
+            body = ModelConfigCreate(name="m", provider="openai", model="m")
+            config_id = (await register(session, body, settings.providers)).config.id
             body = JobCreate(dataset_id=starter.id, model_config_ids=[config_id], filters=JobFilters(limit=2))
             job = (await create_job(session, body, settings)).job
             await session.commit()
@@ -235,4 +236,5 @@ async def test_the_client_reconnects_across_lifetimes_and_stops_clearly_on_a_rev
 
 
 async def _config(session: AsyncSession) -> uuid.UUID:
-    return (await register(session, ModelConfigCreate(name="m", provider="openai", model="m"))).config.id
+    body = ModelConfigCreate(name="m", provider="openai", model="m")
+    return (await register(session, body, ProviderSettings())).config.id
