@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +206,49 @@ def env_without_defeater(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEFEATER_")}
     env["DEFEATER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
     yield env
+
+
+@dataclass
+class Recorded:
+    """One request a ``Recorder`` got."""
+
+    host: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Recorder:
+    """A tiny HTTP server on loopback (IPv4 and IPv6, one port) standing for a webhook receiver or an attacker's
+    host: it records every request and answers ``status`` (with a ``Location`` back to itself for a 3xx)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.status = "204 No Content"
+        self.port = 0
+
+    def url(self, path: str = "/hooks/defeater") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append(Recorded(headers.get("host", ""), lines[0].split(" ")[1], headers, body))
+        location = f"Location: {self.url('/elsewhere')}\r\n" if self.status.startswith("3") else ""
+        writer.write(f"HTTP/1.1 {self.status}\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    found = Recorder()
+    v4 = await asyncio.start_server(found.handle, "127.0.0.1", 0)
+    found.port = v4.sockets[0].getsockname()[1]
+    v6 = await asyncio.start_server(found.handle, "::1", found.port)
+    yield found
+    for server in (v4, v6):
+        server.close()
+        await server.wait_closed()

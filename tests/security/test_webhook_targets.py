@@ -2,11 +2,10 @@
 ``[::1]``), the cloud's metadata service (``169.254.169.254``) or a name resolving to loopback, and the service
 called it; credentials inside a webhook URL were logged and shown to every reader.
 
-A listener on loopback plays the attacker's target: it must record no call unless the operator allows loopback."""
+A recorder on loopback plays the attacker's target: it must record no call unless the operator allows loopback."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -25,41 +24,10 @@ from service.db.models import Job, JobState
 from service.errors import ValidationFailed
 from service.jobs.webhook import deliver
 from service.settings import Settings, WebhookSettings
+from tests.conftest import Recorder
 
 SECRET = "whsec-test"
 PASSWORD = "hunter2-webhook-password"
-
-
-class Listener:
-    """An HTTP listener on 127.0.0.1 and ::1 (one port): records each request's Host and path, answers ``status``."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.status = "204 No Content"
-        self.port = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        lines = head.split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        await reader.readexactly(int(headers.get("content-length", "0")))
-        self.calls.append((headers.get("host", ""), lines[0].split(" ")[1]))
-        location = f"Location: http://127.0.0.1:{self.port}/elsewhere\r\n" if self.status.startswith("3") else ""
-        writer.write(f"HTTP/1.1 {self.status}\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        writer.close()
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    found = Listener()
-    v4 = await asyncio.start_server(found.handle, "127.0.0.1", 0)
-    found.port = v4.sockets[0].getsockname()[1]
-    v6 = await asyncio.start_server(found.handle, "::1", found.port)
-    yield found
-    for server in (v4, v6):
-        server.close()
-        await server.wait_closed()
 
 
 def _settings(settings: Settings, *allowed: str) -> Settings:
@@ -94,16 +62,16 @@ def _targets(port: int) -> list[str]:
 
 
 async def test_a_job_cannot_be_created_with_a_webhook_to_a_private_address(
-    api: httpx.AsyncClient, starter: dict[str, Any], make_config: Any, problem: Any, listener: Listener
+    api: httpx.AsyncClient, starter: dict[str, Any], make_config: Any, problem: Any, recorder: Recorder
 ) -> None:
     config = await make_config()
-    for url in _targets(listener.port):
+    for url in _targets(recorder.port):
         body = {"dataset_id": starter["id"], "model_config_ids": [config["id"]], "webhook_url": url}
         refused = problem(await api.post("/v1/jobs", json=body), 422)
         assert [e["field"] for e in refused["errors"]] == ["webhook_url"], url
         assert "DEFEATER_WEBHOOKS__ALLOWED_HOSTS" in refused["errors"][0]["message"]
     assert (await api.get("/v1/jobs")).json()["items"] == []
-    assert listener.calls == []
+    assert recorder.requests == []
     public = {"dataset_id": starter["id"], "model_config_ids": [config["id"]], "webhook_url": "https://ci.example/h"}
     assert (await api.post("/v1/jobs", json=public)).status_code == 202
 
@@ -124,11 +92,11 @@ async def test_credentials_in_a_webhook_url_are_refused_and_never_logged(
 
 async def test_a_stored_url_with_credentials_is_neither_shown_nor_logged_nor_called(
     api: httpx.AsyncClient, session: AsyncSession, starter: dict[str, Any], settings: Settings,
-    listener: Listener, caplog: pytest.LogCaptureFixture,
+    recorder: Recorder, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """A job kept from before URLs with credentials were refused."""
     caplog.set_level(logging.DEBUG, logger="defeater")
-    url = f"http://ci:{PASSWORD}@127.0.0.1:{listener.port}/hook"
+    url = f"http://ci:{PASSWORD}@127.0.0.1:{recorder.port}/hook"
     job = Job(id=uuid.uuid4(), state=JobState.queued, dataset_id=uuid.UUID(starter["id"]), filters={},
               samples_per_case=1, use_cache=True, webhook_url=url, case_count=0, request_count=0,
               request_hash="0" * 64)  # fmt: skip
@@ -136,42 +104,45 @@ async def test_a_stored_url_with_credentials_is_neither_shown_nor_logged_nor_cal
     await session.commit()
     shown = await api.get(f"/v1/jobs/{job.id}")
     assert shown.status_code == 200 and PASSWORD not in shown.text
-    assert shown.json()["webhook_url"] == f"http://127.0.0.1:{listener.port}/hook"
+    assert shown.json()["webhook_url"] == f"http://127.0.0.1:{recorder.port}/hook"
     assert not await deliver(_settings(settings, "127.0.0.1"), url, b"{}", "d-1")
-    assert listener.calls == [] and PASSWORD not in caplog.text
+    assert recorder.requests == [] and PASSWORD not in caplog.text
 
 
 async def test_delivery_checks_the_address_again_and_calls_no_private_one(
-    settings: Settings, listener: Listener, caplog: pytest.LogCaptureFixture
+    settings: Settings, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     """At delivery (a job stored earlier, or a name whose DNS answer changed): each target is refused at once."""
     caplog.set_level(logging.INFO, logger="defeater.webhook")
     started = time.monotonic()
-    for url in _targets(listener.port):
+    for url in _targets(recorder.port):
         assert not await deliver(_settings(settings), url, b"{}", "d-2"), url
-    assert listener.calls == []
+    assert recorder.requests == []
     assert time.monotonic() - started < 5  # refused before connecting: nothing waited for a timeout
-    assert caplog.text.count("not sent") == len(_targets(listener.port))
+    assert caplog.text.count("not sent") == len(_targets(recorder.port))
 
 
 async def test_loopback_allowed_by_the_operator_is_called_at_the_address_checked(
-    settings: Settings, listener: Listener
+    settings: Settings, recorder: Recorder
 ) -> None:
     allowed = _settings(settings, "127.0.0.0/8", "::1")
-    assert await deliver(allowed, f"http://localhost:{listener.port}/a", b"{}", "d-3")
-    assert await deliver(allowed, f"http://[::1]:{listener.port}/b", b"{}", "d-4")
+    assert await deliver(allowed, f"http://localhost:{recorder.port}/a", b"{}", "d-3")
+    assert await deliver(allowed, f"http://[::1]:{recorder.port}/b", b"{}", "d-4")
     # the name was resolved once and the checked address connected to; the receiver still sees the name it was given
-    assert listener.calls == [(f"localhost:{listener.port}", "/a"), (f"[::1]:{listener.port}", "/b")]
+    assert [(r.host, r.path) for r in recorder.requests] == [
+        (f"localhost:{recorder.port}", "/a"),
+        (f"[::1]:{recorder.port}", "/b"),
+    ]
     by_name = _settings(settings, "localhost")
-    assert await deliver(by_name, f"http://localhost:{listener.port}/c", b"{}", "d-5")
-    assert not await deliver(by_name, f"http://127.0.0.1:{listener.port}/d", b"{}", "d-6")
-    assert [path for _, path in listener.calls] == ["/a", "/b", "/c"]
+    assert await deliver(by_name, f"http://localhost:{recorder.port}/c", b"{}", "d-5")
+    assert not await deliver(by_name, f"http://127.0.0.1:{recorder.port}/d", b"{}", "d-6")
+    assert [r.path for r in recorder.requests] == ["/a", "/b", "/c"]
 
 
-async def test_a_redirect_is_not_followed(settings: Settings, listener: Listener) -> None:
-    listener.status = "307 Temporary Redirect"
-    assert not await deliver(_settings(settings, "127.0.0.1"), f"http://127.0.0.1:{listener.port}/a", b"{}", "d-7")
-    assert [path for _, path in listener.calls] == ["/a"]  # neither followed nor tried again
+async def test_a_redirect_is_not_followed(settings: Settings, recorder: Recorder) -> None:
+    recorder.status = "307 Temporary Redirect"
+    assert not await deliver(_settings(settings, "127.0.0.1"), f"http://127.0.0.1:{recorder.port}/a", b"{}", "d-7")
+    assert [r.path for r in recorder.requests] == ["/a"]  # neither followed nor tried again
 
 
 def test_a_submission_file_with_credentials_in_its_webhook_is_refused_at_its_line(tmp_path: Path) -> None:

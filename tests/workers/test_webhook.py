@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.settings import Settings, WebhookSettings
+from tests.conftest import Recorder
 from tests.workers.test_executor import run
 from workers.providers.fake import FakeProvider
 
@@ -23,45 +21,17 @@ SECRET = "whsec-test"
 LOOPBACK = WebhookSettings(allowed_hosts=["127.0.0.1"])
 
 
-class Receiver:
-    """A tiny HTTP server that records every request it gets and answers 204."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.url = ""
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        lines = head.split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.requests.append((headers, body))
-        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    server = await asyncio.start_server(found.handle, "127.0.0.1", 0)
-    found.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hooks/defeater"
-    yield found
-    server.close()
-    await server.wait_closed()
-
-
 async def test_a_finished_job_posts_one_signed_notice(
     ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any,
-    receiver: Receiver,
+    recorder: Recorder,
 ) -> None:  # fmt: skip
     settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET), "webhooks": LOOPBACK})
     make_job.settings = settings
-    job_id = await make_job(fake, [("openai", "fake-gpt")], limit=3, webhook_url=receiver.url)
+    job_id = await make_job(fake, [("openai", "fake-gpt")], limit=3, webhook_url=recorder.url())
     outcome = await run(ledger, settings, job_id)
     assert outcome.state == "completed"
-    assert len(receiver.requests) == 1
-    headers, body = receiver.requests[0]
+    assert len(recorder.requests) == 1
+    headers, body = recorder.requests[0].headers, recorder.requests[0].body
     expected = hmac.new(SECRET.encode(), headers["x-defeater-timestamp"].encode() + b"." + body, hashlib.sha256)
     assert hmac.compare_digest(headers["x-defeater-signature"], f"sha256={expected.hexdigest()}")
     notice = json.loads(body)
@@ -74,20 +44,20 @@ async def test_a_finished_job_posts_one_signed_notice(
     assert SECRET not in body.decode() and SECRET not in json.dumps(headers)
     # a run that finds the job already finished sends nothing more
     await run(ledger, settings, job_id)
-    assert len(receiver.requests) == 1
+    assert len(recorder.requests) == 1
 
 
 async def test_a_job_that_cannot_start_posts_its_failure(
     ledger: async_sessionmaker[AsyncSession], work_settings: Settings, fake: FakeProvider, make_job: Any,
-    receiver: Receiver,
+    recorder: Recorder,
 ) -> None:  # fmt: skip
     settings = work_settings.model_copy(update={"webhook_secret": SecretStr(SECRET), "webhooks": LOOPBACK})
     make_job.settings = settings
     job_id = await make_job(
-        fake, [("openai", "fake-gpt")], limit=3, judge_key_env="NO_JUDGE_KEY", webhook_url=receiver.url
+        fake, [("openai", "fake-gpt")], limit=3, judge_key_env="NO_JUDGE_KEY", webhook_url=recorder.url()
     )
     assert (await run(ledger, settings, job_id)).state == "failed"
-    assert len(receiver.requests) == 1
-    job = json.loads(receiver.requests[0][1])["job"]
+    assert len(recorder.requests) == 1
+    job = json.loads(recorder.requests[0].body)["job"]
     assert job["state"] == "failed" and "needs NO_JUDGE_KEY, which is not set" in job["error"]
     assert job["errors_by_kind"] == {"missing_key": 3}
