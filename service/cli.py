@@ -504,7 +504,7 @@ async def results_command(
     output: FormatOpt = "table",
     html: Annotated[Path | None, typer.Option(help="also write a self-contained HTML report here")] = None,
 ) -> None:
-    """A job's results: rates with Wilson 95% intervals per config (``--format json``: every group).
+    """A job's results: rates with Wilson 95% intervals per config (`--format json`: every group).
 
     With ``DEFEATER_URL`` set they come from that service (with ``DEFEATER_API_TOKEN``), else the local ledger.
     """
@@ -707,9 +707,37 @@ def api_command(
     uvicorn.run(create_app(settings.model_copy(update={"auth": auth})), host=host, port=port, log_level="info")
 
 
+# `defeater --help` in the order a newcomer meets the commands, in panels by where they act
+HELP_PANELS: dict[str, tuple[str, ...]] = {
+    "Start here (embedded, on this machine)": ("demo", "run", "retry", "results"),
+    "A running service (DEFEATER_URL, DEFEATER_API_TOKEN)": ("submit", "status", "wait", "cancel", "gate"),
+    "Serving (the deployment's processes)": ("api", "worker", "fake-provider", "db", "tokens"),
+    "Generated files": ("openapi", "schema"),
+    # sub-command groups: typer lists them after the commands
+    "The local ledger (DEFEATER_DATABASE_URL)": ("datasets", "configs", "jobs"),
+}
+
+
+def arrange_help(typer_app: typer.Typer) -> None:
+    """Order the commands and sub-commands as ``HELP_PANELS`` lists them, each in its panel."""
+    order = [name for names in HELP_PANELS.values() for name in names]
+    panel = {name: title for title, names in HELP_PANELS.items() for name in names}
+
+    def rank(name: str | None) -> int:
+        return order.index(name) if name in order else len(order)
+
+    typer_app.registered_commands.sort(key=lambda c: rank(c.name))
+    typer_app.registered_groups.sort(key=lambda g: rank(g.name))
+    for command_info in typer_app.registered_commands:
+        command_info.rich_help_panel = panel.get(command_info.name or "", command_info.rich_help_panel)
+    for group_info in typer_app.registered_groups:
+        group_info.rich_help_panel = panel.get(group_info.name or "", group_info.rich_help_panel)
+
+
 def main() -> None:
     """Console entry point: every outcome leaves with a code of ``service.exit_codes.ExitCode``."""
     from service import cli_client, cli_demo, cli_run  # noqa: F401  (register `defeater run` and `defeater demo`)
 
     cli_client.register(app)  # `defeater submit`, `status`, `wait`, `gate`, `cancel`: a client of a running service
+    arrange_help(app)
     app()

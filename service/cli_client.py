@@ -77,8 +77,10 @@ def status_command(job_id: JobArg) -> None:
 
 
 def wait_command(job_id: JobArg) -> None:
-    """Follow a job until it ends: a bar per phase on a terminal, plain lines in a log. Exit 0 when it completed
-    clean, 4 with warnings, 1 failed or cancelled; Ctrl-C (130) stops following, not the job."""
+    """Follow a job until it ends: a bar per phase on a terminal, plain lines in a log.
+
+    Exit 0 when it completed clean, 4 with warnings, 1 failed or cancelled; Ctrl-C (130) stops following, not the
+    job."""
     with api.ServiceClient() as client:
         raise typer.Exit(_follow(client, job_id))
 

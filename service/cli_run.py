@@ -132,9 +132,10 @@ async def retry_command(
     ] = False,
     output: FormatOpt = "table",
 ) -> None:
-    """Run a failed or completed job's failed units again (all, or by --reason and --phase); nothing that succeeded
-    is called again. With DEFEATER_URL set the service runs them; otherwise they run here, on the local ledger, as
-    with `defeater run --resume`."""
+    """Run a finished job's failed units again (all, or by --reason and --phase); nothing that succeeded runs again.
+
+    With DEFEATER_URL set the service runs them; otherwise they run here, on the local ledger, as with
+    `defeater run --resume`."""
     job_id, body = _job_id(job, "JOB"), JobRetry(reasons=reason or None, phase=phase)
     if os.environ.get("DEFEATER_URL"):
         raise typer.Exit(_retry_on_service(str(job_id), body, wait, output))

@@ -142,3 +142,16 @@ def test_the_fake_provider_command_serves_until_stopped(env_without_defeater: di
         process.wait(timeout=10)
     bad = run(env_without_defeater, "fake-provider", "--mode", "telepathy")
     assert_clean_failure(bad, "mode")
+
+
+def test_the_help_lists_every_command_once_in_a_newcomers_order(env_without_defeater: dict[str, str]) -> None:
+    from service.cli import HELP_PANELS
+
+    shown = run(env_without_defeater | {"COLUMNS": "200"}, "--help")
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    # a row that names a command starts right after the panel's border; a wrapped description is indented
+    listed = [line.split()[1] for line in shown.stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
+    commands = [name for name in listed if not name.startswith("-")]
+    assert commands == [name for names in HELP_PANELS.values() for name in names]  # nothing left out of a panel
+    panels = [line for line in shown.stdout.splitlines() if line.startswith("╭─ ")]
+    assert [p.removeprefix("╭─ ").split(" ─")[0] for p in panels[1:]] == list(HELP_PANELS)
