@@ -261,3 +261,9 @@ def _unwrap(node: Any) -> Any:
 
 def _is_model(node: Any) -> bool:
     return isinstance(node, type) and issubclass(node, BaseModel)
+
+
+def reason_counts(reasons: dict[str, int]) -> str:
+    """Failed units by reason as one phrase, the most frequent first: ``rate_limited: 2, bad_request: 1`` (a job's
+    error line, written by the engine, and its warnings, composed by the service, say it alike)."""
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])))

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.datasets import service as datasets
 from service.db.base import utcnow
 from service.db.models import ConfigRole, Dataset, Job, JobState, ModelConfig, UnitState
-from service.errors import Conflict, FieldError, NotFound, ValidationFailed
+from service.errors import Conflict, FieldError, NotFound, ValidationFailed, reason_counts
 from service.gates.validation import ConfigRef, check_spec
 from service.jobs import repository
 from service.jobs.repository import CaseRef
@@ -334,9 +334,11 @@ def warnings(units: repository.UnitSummary, judges: int, final: bool) -> list[st
     requests, judgements = units.requests, units.judgements
     out: list[str] = []
     if requests.failed:
-        out.append(f"{requests.failed} of {requests.total} requests failed ({_by_reason(units.failures['requests'])})")
+        out.append(
+            f"{requests.failed} of {requests.total} requests failed ({reason_counts(units.failures['requests'])})"
+        )
     if judgements.failed:
-        reasons = _by_reason(units.failures["judgements"])
+        reasons = reason_counts(units.failures["judgements"])
         if final and judges == 1:
             out.append(f"{_count(judgements.failed, 'answer', 'answers')} stayed unjudged (judge failed: {reasons})")
         else:
@@ -351,11 +353,6 @@ def warnings(units: repository.UnitSummary, judges: int, final: bool) -> list[st
 def _count(n: int, one: str, many: str) -> str:
     """``1 answer``, ``5 answers`` (with the verb that follows, if given in both)."""
     return f"{n} {one if n == 1 else many}"
-
-
-def _by_reason(reasons: dict[str, int]) -> str:
-    """``rate_limited: 2, bad_request: 1``: the most frequent first."""
-    return ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
 
 async def cancel_job(session: AsyncSession, job: Job) -> Job:

@@ -27,6 +27,7 @@ from service.db.models import (
     Response,
     UnitState,
 )
+from service.errors import reason_counts
 
 FINAL = (UnitState.succeeded, UnitState.failed)
 
@@ -383,16 +384,11 @@ def nothing_judged(failed: dict[str, dict[str, int]]) -> str:
     """The error line of a job that ended without a judged answer, e.g. ``no answer was judged: 168 judgements
     failed (missing_key: 168)``."""
     parts = [
-        f"{n} {kind if n > 1 else kind[:-1]} failed ({by_reason(reasons)})"
+        f"{n} {kind if n > 1 else kind[:-1]} failed ({reason_counts(reasons)})"
         for kind, reasons in failed.items()
         if (n := sum(reasons.values()))
     ]
     return "no answer was judged: " + ("; ".join(parts) if parts else "no response was an answer to judge")
-
-
-def by_reason(reasons: dict[str, int]) -> str:
-    """``rate_limited: 2, bad_request: 1``: the most frequent first."""
-    return ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
 
 async def job_state(session: AsyncSession, job_id: uuid.UUID) -> tuple[JobState, float | None, str | None]:
