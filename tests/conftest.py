@@ -18,8 +18,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.app import create_app
+from service.datasets.service import ensure_starter
 from service.db.migrate import upgrade
-from service.db.session import create_engine
+from service.db.session import create_engine, create_sessionmaker
 from service.settings import DEFAULT_KEY_HOSTS, AuthSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +106,24 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     """A fresh database per backend for the whole session; tests on it are rolled back."""
     async with migrated_database(request.param, tmp_path_factory.mktemp("db")) as url:
         yield url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+async def ledger_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A database whose writes are committed (the executor runs many sessions at once), per backend."""
+    async with migrated_database(request.param, tmp_path_factory.mktemp("ledger")) as url:
+        yield url
+
+
+@pytest.fixture
+async def ledger(ledger_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(Settings(database_url=ledger_url))
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session:
+        await ensure_starter(session)
+        await session.commit()
+    yield sessionmaker
+    await engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.app import create_app
 from service.datasets.service import ensure_starter
 from service.db.models import Job, ModelConfig, Provider
-from service.db.session import create_engine, create_sessionmaker
 from service.exit_codes import ExitCode
 from service.jobs.schemas import JobCreate, JobFilters
 from service.jobs.service import create_job
@@ -40,7 +39,6 @@ from service.settings import (
     ProviderSettings,
     Settings,
 )
-from tests.conftest import migrated_database
 from tests.workers.processes import BIN
 from workers.executor.embedded import EmbeddedExecutor
 from workers.providers.base import CallSpec, ProviderError
@@ -233,20 +231,6 @@ def test_the_cli_refuses_them_too(env_without_defeater: dict[str, str], tmp_path
 
 
 # ---- refused again by the worker, before it sends ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-async def ledger_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A database whose writes are committed: the executor runs many sessions at once."""
-    async with migrated_database(request.param, tmp_path_factory.mktemp("keys")) as url:
-        yield url
-
-
-@pytest.fixture
-async def ledger(ledger_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(Settings(database_url=ledger_url))
-    yield create_sessionmaker(engine)
-    await engine.dispose()
 
 
 def stored(provider: str, base_url: str, variable: str) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""Fixtures for the execution engine: a committed ledger per backend, the fake provider, job factories."""
+"""Fixtures for the execution engine: the fake provider, job factories (the committed ledger is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -11,37 +11,17 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.datasets.service import ensure_starter
-from service.db.session import create_engine, create_sessionmaker
 from service.jobs.schemas import JobCreate, JobFilters
 from service.jobs.service import create_job
 from service.model_configs.schemas import ModelConfigCreate
 from service.model_configs.service import register
 from service.settings import AuthSettings, ExecutorSettings, Settings
-from tests.conftest import migrated_database
 from tests.workers.processes import fake_process, run_env  # noqa: F401  (fixtures)
 from workers.providers.fake import FakeConfig, FakeProvider
 
 # the variable the configs' keys are in by default (set for the whole test session)
 KEY_ENV = "FAKE_PROVIDER_KEY"
 BASE_PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "google": ""}
-
-
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-async def ledger_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A database whose writes are committed (the executor runs many sessions at once), per backend."""
-    async with migrated_database(request.param, tmp_path_factory.mktemp("ledger")) as url:
-        yield url
-
-
-@pytest.fixture
-async def ledger(ledger_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(Settings(database_url=ledger_url))
-    sessionmaker = create_sessionmaker(engine)
-    async with sessionmaker() as session:
-        await ensure_starter(session)
-        await session.commit()
-    yield sessionmaker
-    await engine.dispose()
 
 
 @pytest.fixture
